@@ -1,0 +1,97 @@
+"""Fixtures for tests that run inside the tools/vfio-harness guest.
+
+The harness boots a QEMU q35 guest (emulated Intel IOMMU with interrupt
+remapping, or no IOMMU), binds QEMU's ``edu`` (1234:11e8) and ``nvme``
+(1b36:0010) test devices to the real vfio-pci driver, and exports what it did:
+
+    VFIO_HARNESS=1
+    VFIO_HARNESS_LEG          stock | container | iommufd-container | custom
+    VFIO_HARNESS_IOMMU        intel | none
+    VFIO_HARNESS_NVME_SERIAL  the serial given to QEMU's nvme device
+    VFIO_HARNESS_DEVICES / VFIO_HARNESS_BIND   device names present / bound
+
+Nothing here skips: a kernel test that runs where its device or guest is
+missing fails, naming what is missing, because a silent skip in CI looks like
+a pass.  Tests are deselected by marker instead (tests/conftest.py, and the
+``-m`` expressions of tools/run-kernel-tests); tests/conftest.py also fails any
+kernel-marked test that runs on a system without /dev/vfio.
+
+Only sysfs and os calls here: ioctls belong to vfio/uapi.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+SYSFS_PCI = "/sys/bus/pci/devices"
+EDU_ID = (0x1234, 0x11E8)
+NVME_ID = (0x1B36, 0x0010)
+_RUN_HINT = "run it with tools/run-kernel-tests or tools/vfio-harness"
+
+
+def _read_hex(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().strip(), 16)
+
+
+def pci_devices_by_id(vendor: int, device: int) -> list[tuple[str, str | None]]:
+    """(BDF, driver name or None) of every PCI device with this vendor:device."""
+    found = []
+    for bdf in sorted(os.listdir(SYSFS_PCI)):
+        d = os.path.join(SYSFS_PCI, bdf)
+        if (_read_hex(f"{d}/vendor"), _read_hex(f"{d}/device")) != (vendor, device):
+            continue
+        drv = os.path.join(d, "driver")
+        found.append((bdf, os.path.basename(os.readlink(drv)) if os.path.islink(drv) else None))
+    return found
+
+
+def _vfio_bdf(name: str, ids: tuple[int, int]) -> str:
+    devs = pci_devices_by_id(*ids)
+    bound = [bdf for bdf, drv in devs if drv == "vfio-pci"]
+    if not bound:
+        pytest.fail(
+            f"no {name} device ({ids[0]:04x}:{ids[1]:04x}) bound to vfio-pci; found {devs or 'none'} "
+            f"(harness devices={os.environ.get('VFIO_HARNESS_DEVICES', '?')} "
+            f"bind={os.environ.get('VFIO_HARNESS_BIND', '?')}); {_RUN_HINT}", pytrace=False)
+    return bound[0]
+
+
+def _harness_env(var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        pytest.fail(f"{var} is not set: not inside a tools/vfio-harness guest; {_RUN_HINT}",
+                    pytrace=False)
+    return value
+
+
+@pytest.fixture(scope="session")
+def edu_bdf() -> str:
+    """BDF (e.g. ``0000:00:04.0``) of QEMU's edu device, bound to vfio-pci."""
+    return _vfio_bdf("edu", EDU_ID)
+
+
+@pytest.fixture(scope="session")
+def nvme_bdf() -> str:
+    """BDF of QEMU's nvme device, bound to vfio-pci."""
+    return _vfio_bdf("nvme", NVME_ID)
+
+
+@pytest.fixture(scope="session")
+def nvme_serial() -> str:
+    """The serial number the harness gave QEMU's nvme device (Identify reports it)."""
+    return _harness_env("VFIO_HARNESS_NVME_SERIAL")
+
+
+@pytest.fixture(scope="session")
+def harness_kernel() -> str:
+    """Which kernel this guest runs: ``stock``, ``container``, ``iommufd-container`` (or ``custom``)."""
+    return _harness_env("VFIO_HARNESS_LEG")
+
+
+@pytest.fixture(scope="session")
+def harness_iommu() -> str:
+    """``intel`` (emulated VT-d with interrupt remapping) or ``none`` (no-IOMMU mode)."""
+    return _harness_env("VFIO_HARNESS_IOMMU")

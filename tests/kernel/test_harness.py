@@ -1,0 +1,112 @@
+"""The harness itself: does the guest look like the leg it claims to be?
+
+Every other kernel test trusts that tools/vfio-harness booted the kernel and
+IOMMU it was asked for and bound the test devices to vfio-pci.  These checks
+make a mis-set-up guest fail here, by name, instead of showing up as puzzling
+ioctl errors elsewhere.  sysfs and os only (ioctls live in vfio/uapi.py).
+
+Facts relied on (6.12):
+- an IOMMU-backed group appears as /dev/vfio/N; a no-IOMMU one as
+  /dev/vfio/noiommu-N, with the sysfs group name ``vfio-noiommu``;
+- with CONFIG_VFIO_DEVICE_CDEV each vfio-pci device gets
+  ``<sysfs dev>/vfio-dev/vfioK`` and /dev/vfio/devices/vfioK, and iommufd
+  provides /dev/iommu; Debian's kernel has neither;
+- vfio_iommu_type1 exposes module parameters, so /sys/module/vfio_iommu_type1
+  exists exactly when it is built in or loaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+SYSFS_PCI = "/sys/bus/pci/devices"
+
+
+def _group_of(bdf: str) -> str:
+    return os.path.basename(os.readlink(f"{SYSFS_PCI}/{bdf}/iommu_group"))
+
+
+def _driver_of(bdf: str) -> str:
+    return os.path.basename(os.readlink(f"{SYSFS_PCI}/{bdf}/driver"))
+
+
+def _cdevs_of(bdf: str) -> list[str]:
+    path = f"{SYSFS_PCI}/{bdf}/vfio-dev"
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def _iommu_units() -> list[str]:
+    return sorted(os.listdir("/sys/class/iommu")) if os.path.isdir("/sys/class/iommu") else []
+
+
+@pytest.fixture(params=["edu", "nvme"])
+def bound_bdf(request, edu_bdf, nvme_bdf):
+    return {"edu": edu_bdf, "nvme": nvme_bdf}[request.param]
+
+
+def test_test_devices_bound_to_vfio_pci(bound_bdf):
+    assert _driver_of(bound_bdf) == "vfio-pci"
+
+
+def test_intel_iommu_present(harness_iommu):
+    # Runs on the IOMMU legs; the no-IOMMU leg checks the opposite in test_noiommu_groups.
+    assert harness_iommu == "intel"
+    units = _iommu_units()
+    assert any(u.startswith("dmar") for u in units), f"no VT-d unit in /sys/class/iommu: {units}"
+    with open("/proc/cmdline") as f:
+        assert "intel_iommu=on" in f.read().split()
+
+
+def test_group_node_exists_for_each_bound_device(bound_bdf, harness_iommu):
+    group = _group_of(bound_bdf)
+    node = f"/dev/vfio/{group}" if harness_iommu == "intel" else f"/dev/vfio/noiommu-{group}"
+    assert os.path.exists(node), f"{bound_bdf} is in group {group} but {node} is missing: {os.listdir('/dev/vfio')}"
+    assert os.path.exists("/dev/vfio/vfio"), "the container node /dev/vfio/vfio is missing"
+
+
+def test_iommufd_and_cdev_only_on_built_kernels(harness_kernel, edu_bdf, nvme_bdf):
+    have_iommufd = os.path.exists("/dev/iommu")
+    if harness_kernel == "stock":
+        assert not have_iommufd, "Debian's kernel unexpectedly has /dev/iommu: the stock leg's premise is wrong"
+        assert not os.path.isdir("/dev/vfio/devices")
+        assert _cdevs_of(edu_bdf) == []
+    else:
+        assert have_iommufd, f"{harness_kernel} kernel has no /dev/iommu (CONFIG_IOMMUFD missing?)"
+        for bdf in (edu_bdf, nvme_bdf):
+            cdevs = _cdevs_of(bdf)
+            assert len(cdevs) == 1 and cdevs[0].startswith("vfio"), f"{bdf}: vfio-dev entries {cdevs}"
+            assert os.path.exists(f"/dev/vfio/devices/{cdevs[0]}")
+
+
+def test_container_backend_matches_leg(harness_kernel):
+    type1 = os.path.isdir("/sys/module/vfio_iommu_type1")
+    if harness_kernel == "container":
+        assert type1, "container kernel should serve /dev/vfio/vfio with vfio_iommu_type1"
+    elif harness_kernel == "iommufd-container":
+        assert not type1, "iommufd-container kernel must not have vfio_iommu_type1 (IOMMUFD_VFIO_CONTAINER)"
+    else:
+        assert harness_kernel == "stock", f"unknown leg {harness_kernel!r}"
+
+
+def test_nvme_serial_reaches_the_guest(nvme_serial):
+    # The serial is handed to QEMU and exported by the harness; tests compare
+    # it with NVMe Identify data, so it must be a valid NVMe serial (<= 20 bytes).
+    assert 0 < len(nvme_serial.encode()) <= 20
+
+
+@pytest.mark.noiommu
+def test_noiommu_groups(edu_bdf, nvme_bdf, harness_iommu):
+    assert harness_iommu == "none"
+    assert _iommu_units() == [], f"IOMMU units present in a no-IOMMU guest: {_iommu_units()}"
+    with open("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode") as f:
+        assert f.read().strip() == "Y"
+    for bdf in (edu_bdf, nvme_bdf):
+        group = _group_of(bdf)
+        with open(f"/sys/kernel/iommu_groups/{group}/name") as f:
+            assert f.read().strip() == "vfio-noiommu"
+        assert os.path.exists(f"/dev/vfio/noiommu-{group}")
+        assert not os.path.exists(f"/dev/vfio/{group}")

@@ -1,0 +1,209 @@
+"""The VFIO container: ``/dev/vfio/vfio``, the legacy IOMMU context.
+
+Groups (``/dev/vfio/N``) are attached to a container; once the first group is
+in, the user picks an IOMMU model with ``VFIO_SET_IOMMU`` (type1v2 on x86) and
+can then map memory for DMA, which applies to every device of every group in
+the container.  ``VFIO_IOMMU_GET_INFO`` reports the supported IOMMU page sizes
+and, in a capability chain, the usable IOVA ranges and how many more DMA
+mappings the kernel allows.
+
+No-IOMMU mode (``vfio.enable_unsafe_noiommu_mode=1``, groups named
+``/dev/vfio/noiommu-N``) gives device access with *no* DMA isolation: the
+device can write anywhere in host memory.  The container then offers only the
+``VFIO_NOIOMMU_IOMMU`` model, has no IOVA space, and this class refuses DMA
+mapping calls there with :class:`vfio.errors.UnsafeOperationError` and warns
+with :class:`NoIommuWarning` when the mode is selected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import warnings
+from dataclasses import dataclass
+
+from . import uapi
+from .dma import DmaSpace
+from .errors import UnsafeOperationError, VfioError, wrap_oserror
+
+CONTAINER_PATH = "/dev/vfio/vfio"
+
+
+class NoIommuWarning(UserWarning):
+    """A container is in no-IOMMU mode: devices in it can DMA anywhere in host memory."""
+
+
+@dataclass(frozen=True)
+class IommuInfo:
+    flags: int
+    iova_pgsizes: int
+    iova_ranges: tuple          # inclusive (start, end) pairs
+    dma_avail: int | None
+    migration: dict | None
+    raw: bytes = b""
+
+    @property
+    def min_page_size(self) -> int:
+        return self.iova_pgsizes & -self.iova_pgsizes if self.iova_pgsizes else 0
+
+
+class Container(DmaSpace):
+    """An open ``/dev/vfio/vfio``.  A DMA space once an IOMMU model is set."""
+
+    def __init__(self, path: str = CONTAINER_PATH):
+        super().__init__()
+        self.path = path
+        self.iommu_type: int | None = None
+        self.groups: list = []
+        self._info: IommuInfo | None = None
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise wrap_oserror(e, f"open VFIO container {path}") from None
+        try:
+            v = uapi.ioctl(self.fd, uapi.VFIO_GET_API_VERSION, 0, f"VFIO_GET_API_VERSION on {path}")
+            if v != uapi.VFIO_API_VERSION:
+                raise VfioError(errno.EPROTO, f"{path}: VFIO API version {v}, this toolkit speaks {uapi.VFIO_API_VERSION}")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _what(self, op: str) -> str:
+        return f"{op} on container {self.path}"
+
+    def _fd(self) -> int:
+        if self.fd < 0:
+            raise VfioError(errno.EBADF, self._what("use") + ": closed")
+        return self.fd
+
+    def check_extension(self, ext: int) -> int:
+        return uapi.ioctl(self._fd(), uapi.VFIO_CHECK_EXTENSION, ext, self._what(f"VFIO_CHECK_EXTENSION {ext}"))
+
+    def extensions(self) -> dict:
+        names = {"TYPE1": uapi.VFIO_TYPE1_IOMMU, "SPAPR_TCE": uapi.VFIO_SPAPR_TCE_IOMMU,
+                 "TYPE1v2": uapi.VFIO_TYPE1v2_IOMMU, "DMA_CC": uapi.VFIO_DMA_CC_IOMMU,
+                 "EEH": uapi.VFIO_EEH, "TYPE1_NESTING": uapi.VFIO_TYPE1_NESTING_IOMMU,
+                 "SPAPR_TCE_v2": uapi.VFIO_SPAPR_TCE_v2_IOMMU, "NOIOMMU": uapi.VFIO_NOIOMMU_IOMMU,
+                 "UNMAP_ALL": uapi.VFIO_UNMAP_ALL, "UPDATE_VADDR": uapi.VFIO_UPDATE_VADDR}
+        return {n: self.check_extension(v) for n, v in names.items()}
+
+    def set_iommu(self, iommu_type: int | None = None) -> int:
+        """Select the IOMMU model (needs a group attached).  Default: type1v2, or
+        no-IOMMU when that is all the container offers (with a :class:`NoIommuWarning`)."""
+        if iommu_type is None:
+            if self.check_extension(uapi.VFIO_TYPE1v2_IOMMU):
+                iommu_type = uapi.VFIO_TYPE1v2_IOMMU
+            elif self.check_extension(uapi.VFIO_NOIOMMU_IOMMU):
+                iommu_type = uapi.VFIO_NOIOMMU_IOMMU
+            else:
+                raise VfioError(errno.ENODEV, self._what("VFIO_SET_IOMMU") + ": neither type1v2 nor no-IOMMU offered")
+        uapi.ioctl(self._fd(), uapi.VFIO_SET_IOMMU, iommu_type, self._what(f"VFIO_SET_IOMMU {iommu_type}"))
+        self.iommu_type = iommu_type
+        if iommu_type == uapi.VFIO_NOIOMMU_IOMMU:
+            warnings.warn(f"{self.path} is in no-IOMMU mode: devices in it can DMA anywhere in host "
+                          "memory, unchecked; use only for trusted devices", NoIommuWarning, stacklevel=2)
+        return iommu_type
+
+    @property
+    def noiommu(self) -> bool:
+        return self.iommu_type == uapi.VFIO_NOIOMMU_IOMMU
+
+    def _require_iommu(self, op: str) -> None:
+        if self.iommu_type is None:
+            raise VfioError(errno.EINVAL, self._what(op) + ": no IOMMU model set (call set_iommu first)")
+        if self.noiommu:
+            raise UnsafeOperationError(self._what(op) + ": no-IOMMU container has no IOVA space; "
+                                       "a device there DMAs to physical addresses, which this toolkit does not map")
+
+    # ---- IOMMU info (the one retry loop of VFIO_IOMMU_GET_INFO) -----------------------
+    def iommu_info(self) -> IommuInfo:
+        self._require_iommu("VFIO_IOMMU_GET_INFO")
+        what = self._what("VFIO_IOMMU_GET_INFO")
+        argsz = ctypes.sizeof(uapi.vfio_iommu_type1_info)
+        for _ in range(4):
+            buf = uapi.info_buffer(uapi.vfio_iommu_type1_info, argsz)
+            uapi.ioctl(self._fd(), uapi.VFIO_IOMMU_GET_INFO, buf, what)
+            hdr = uapi.vfio_iommu_type1_info.from_buffer_copy(buf)
+            if hdr.argsz <= argsz:
+                break
+            argsz = hdr.argsz
+        else:
+            raise VfioError(errno.EAGAIN, what + ": argsz kept growing")
+        ranges, avail, mig = [], None, None
+        if hdr.flags & uapi.VFIO_IOMMU_INFO_CAPS and hdr.cap_offset:
+            for c in uapi.iter_caps(buf, hdr.cap_offset, what, ctypes.sizeof(uapi.vfio_iommu_type1_info)):
+                if c.id == uapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
+                    uapi.check_cap_size(c, uapi.vfio_iommu_type1_info_cap_iova_range, what)
+                    cap = uapi.vfio_iommu_type1_info_cap_iova_range.from_buffer_copy(c.data)
+                    base = ctypes.sizeof(cap)
+                    rsz = ctypes.sizeof(uapi.vfio_iova_range)
+                    if base + cap.nr_iovas * rsz > len(c.data):
+                        raise VfioError(errno.EPROTO, f"{what}: {cap.nr_iovas} IOVA ranges overrun the capability")
+                    for i in range(cap.nr_iovas):
+                        r = uapi.vfio_iova_range.from_buffer_copy(c.data, base + i * rsz)
+                        ranges.append((r.start, r.end))
+                elif c.id == uapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
+                    uapi.check_cap_size(c, uapi.vfio_iommu_type1_info_dma_avail, what)
+                    avail = uapi.vfio_iommu_type1_info_dma_avail.from_buffer_copy(c.data).avail
+                elif c.id == uapi.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION:
+                    uapi.check_cap_size(c, uapi.vfio_iommu_type1_info_cap_migration, what)
+                    m = uapi.vfio_iommu_type1_info_cap_migration.from_buffer_copy(c.data)
+                    mig = {"flags": m.flags, "pgsize_bitmap": m.pgsize_bitmap,
+                           "max_dirty_bitmap_size": m.max_dirty_bitmap_size}
+        if not ranges:      # kernels before 5.4 report none: the whole 64-bit space
+            ranges = [(0, (1 << 64) - 1)]
+        self._info = IommuInfo(hdr.flags, hdr.iova_pgsizes, tuple(ranges), avail, mig, bytes(buf))
+        return self._info
+
+    # ---- DmaSpace primitives -----------------------------------------------------------
+    def iova_ranges(self) -> list:
+        return list((self._info or self.iommu_info()).iova_ranges)
+
+    @property
+    def min_page_size(self) -> int:
+        return (self._info or self.iommu_info()).min_page_size or 4096
+
+    def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
+        self._require_iommu("VFIO_IOMMU_MAP_DMA")
+        flags = (uapi.VFIO_DMA_MAP_FLAG_READ if readable else 0) | (uapi.VFIO_DMA_MAP_FLAG_WRITE if writable else 0)
+        st = uapi.vfio_iommu_type1_dma_map(ctypes.sizeof(uapi.vfio_iommu_type1_dma_map), flags, vaddr, iova, size)
+        uapi.ioctl(self._fd(), uapi.VFIO_IOMMU_MAP_DMA, st,
+                   self._what(f"VFIO_IOMMU_MAP_DMA iova {iova:#x} size {size:#x}"))
+
+    def _unmap(self, iova: int, size: int) -> int:
+        self._require_iommu("VFIO_IOMMU_UNMAP_DMA")
+        st = uapi.vfio_iommu_type1_dma_unmap(ctypes.sizeof(uapi.vfio_iommu_type1_dma_unmap), 0, iova, size)
+        uapi.ioctl(self._fd(), uapi.VFIO_IOMMU_UNMAP_DMA, st,
+                   self._what(f"VFIO_IOMMU_UNMAP_DMA iova {iova:#x} size {size:#x}"))
+        return st.size
+
+    def map_dma(self, vaddr: int, iova: int, size: int, readable: bool = True, writable: bool = True) -> None:
+        """Raw MAP_DMA of caller-owned memory (no bookkeeping); prefer :meth:`map`/:meth:`alloc`."""
+        self._map(vaddr, iova, size, readable, writable)
+
+    def unmap_dma(self, iova: int, size: int) -> int:
+        """Raw UNMAP_DMA; returns the number of bytes the kernel unmapped."""
+        return self._unmap(iova, size)
+
+    # ---- groups ----------------------------------------------------------------------
+    def add_group(self, group) -> None:
+        group.set_container(self)
+        self.groups.append(group)
+
+    # ---- lifetime --------------------------------------------------------------------
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if self.iommu_type is not None and not self.noiommu:
+                self.unmap_all()
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

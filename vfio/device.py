@@ -1,0 +1,786 @@
+"""VFIO devices, their regions and their interrupts.
+
+A VFIO device fd exposes a device as *regions* (for vfio-pci: six BARs, the
+expansion ROM, config space, VGA, plus device-specific ones) and *IRQ indexes*
+(INTx, MSI, MSI-X, ERR, REQ).  ``VFIO_DEVICE_GET_REGION_INFO`` says where each
+region sits in the fd's offset space, its size, whether it can be read,
+written and mmap'ed, and -- through a capability chain -- which parts may be
+mmap'ed (sparse mmap), what type it is, and whether the MSI-X table may be
+mapped.  Regions are accessed with ``pread``/``pwrite`` at that offset or
+through ``mmap``.  Interrupts are wired to eventfds with
+``VFIO_DEVICE_SET_IRQS``.
+
+Everything here is written against :class:`vfio.backend.DeviceBackend`, so the
+same code drives a real device (:class:`KernelBackend`) and a replayed one
+(:mod:`vfio.record.replay`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from . import uapi
+from .backend import DeviceBackend
+from .errors import RegionAccessError, VfioError, wrap_oserror
+from .irq import EventFd
+
+PAGE_SIZE = mmap.PAGESIZE
+
+# ---------------------------------------------------------------------------------------
+# Kernel backend
+# ---------------------------------------------------------------------------------------
+
+
+class KernelBackend(DeviceBackend):
+    """A real VFIO device fd (from a group or a cdev).  Owns the fd."""
+
+    def __init__(self, fd: int, name: str):
+        self.fd = fd
+        self.name = name
+
+    def _info(self, request: int, buf: bytearray, what: str) -> bytes:
+        uapi.ioctl(self._fd(what), request, buf, what)
+        return bytes(buf)
+
+    def _fd(self, what: str) -> int:
+        if self.fd < 0:
+            raise VfioError(errno.EBADF, f"{what}: device {self.name} is closed")
+        return self.fd
+
+    def get_info(self, argsz: int) -> bytes:
+        return self._info(uapi.VFIO_DEVICE_GET_INFO, uapi.info_buffer(uapi.vfio_device_info, argsz),
+                          f"VFIO_DEVICE_GET_INFO on {self.name}")
+
+    def get_region_info(self, index: int, argsz: int) -> bytes:
+        return self._info(uapi.VFIO_DEVICE_GET_REGION_INFO,
+                          uapi.info_buffer(uapi.vfio_region_info, argsz, index=index),
+                          f"VFIO_DEVICE_GET_REGION_INFO index {index} on {self.name}")
+
+    def get_irq_info(self, index: int) -> bytes:
+        st = uapi.vfio_irq_info(argsz=ctypes.sizeof(uapi.vfio_irq_info), index=index)
+        uapi.ioctl(self._fd("GET_IRQ_INFO"), uapi.VFIO_DEVICE_GET_IRQ_INFO, st,
+                   f"VFIO_DEVICE_GET_IRQ_INFO index {index} on {self.name}")
+        return bytes(st)
+
+    def set_irqs(self, irq_set: bytes) -> None:
+        hdr = uapi.vfio_irq_set.from_buffer_copy(irq_set)
+        uapi.ioctl(self._fd("SET_IRQS"), uapi.VFIO_DEVICE_SET_IRQS, bytearray(irq_set),
+                   f"VFIO_DEVICE_SET_IRQS index {hdr.index} start {hdr.start} count {hdr.count} "
+                   f"flags {hdr.flags:#x} on {self.name}")
+
+    def reset(self) -> None:
+        uapi.ioctl(self._fd("RESET"), uapi.VFIO_DEVICE_RESET, 0, f"VFIO_DEVICE_RESET on {self.name}")
+
+    def get_pci_hot_reset_info(self, argsz: int) -> bytes:
+        return self._info(uapi.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+                          uapi.info_buffer(uapi.vfio_pci_hot_reset_info, argsz),
+                          f"VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on {self.name}")
+
+    def pci_hot_reset(self, hot_reset: bytes) -> None:
+        uapi.ioctl(self._fd("HOT_RESET"), uapi.VFIO_DEVICE_PCI_HOT_RESET, bytearray(hot_reset),
+                   f"VFIO_DEVICE_PCI_HOT_RESET on {self.name}")
+
+    def feature(self, buf: bytes) -> bytes:
+        b = bytearray(buf)
+        hdr = uapi.vfio_device_feature.from_buffer_copy(b)
+        uapi.ioctl(self._fd("FEATURE"), uapi.VFIO_DEVICE_FEATURE, b,
+                   f"VFIO_DEVICE_FEATURE {hdr.flags & uapi.VFIO_DEVICE_FEATURE_MASK} "
+                   f"flags {hdr.flags:#x} on {self.name}")
+        return bytes(b)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._fd("pread"), length, offset)
+        except OSError as e:
+            raise wrap_oserror(e, f"pread {length} bytes at {offset:#x} on {self.name}") from None
+        if len(data) != length:
+            raise VfioError(errno.EIO, f"pread {length} bytes at {offset:#x} on {self.name}: got {len(data)}")
+        return data
+
+    def pwrite(self, offset: int, data: bytes) -> int:
+        try:
+            n = os.pwrite(self._fd("pwrite"), data, offset)
+        except OSError as e:
+            raise wrap_oserror(e, f"pwrite {len(data)} bytes at {offset:#x} on {self.name}") from None
+        if n != len(data):
+            raise VfioError(errno.EIO, f"pwrite {len(data)} bytes at {offset:#x} on {self.name}: wrote {n}")
+        return n
+
+    def mmap(self, offset: int, length: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> mmap.mmap:
+        try:
+            return mmap.mmap(self._fd("mmap"), length, mmap.MAP_SHARED, prot, offset=offset)
+        except OSError as e:
+            raise wrap_oserror(e, f"mmap {length:#x} bytes at {offset:#x} on {self.name}") from None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# ---------------------------------------------------------------------------------------
+# Decoded info
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseMmapCap:
+    """VFIO_REGION_INFO_CAP_SPARSE_MMAP: only these (offset, size) areas may be mmap'ed."""
+    areas: tuple
+    id: int = uapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class RegionTypeCap:
+    """VFIO_REGION_INFO_CAP_TYPE: a device-specific region's (type, subtype)."""
+    type: int
+    subtype: int
+    id: int = uapi.VFIO_REGION_INFO_CAP_TYPE
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class MsixMappableCap:
+    """VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: the MSI-X table/PBA inside this BAR may be mmap'ed."""
+    id: int = uapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class UnknownCap:
+    """A capability this toolkit does not decode, kept as its number and raw bytes."""
+    id: int
+    version: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    index: int
+    flags: int
+    size: int
+    offset: int
+    caps: tuple = ()
+    raw: bytes = b""
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_READ)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_WRITE)
+
+    @property
+    def mmappable(self) -> bool:
+        return bool(self.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP)
+
+    def cap(self, cap_type):
+        for c in self.caps:
+            if isinstance(c, cap_type):
+                return c
+        return None
+
+    @property
+    def msix_mappable(self) -> bool:
+        return self.cap(MsixMappableCap) is not None
+
+    def mmap_areas(self) -> list:
+        """The (offset, size) parts of the region that may be mmap'ed."""
+        if not self.mmappable or not self.size:
+            return []
+        sparse = self.cap(SparseMmapCap)
+        if sparse is not None:
+            return [a for a in sparse.areas if a[1]]
+        return [(0, self.size)]
+
+
+def parse_region_info(buf: bytes, what: str) -> RegionInfo:
+    """Decode a GET_REGION_INFO buffer (header + capability chain)."""
+    hdr = uapi.vfio_region_info.from_buffer_copy(buf)
+    caps = []
+    if hdr.flags & uapi.VFIO_REGION_INFO_FLAG_CAPS and hdr.cap_offset:
+        for rc in uapi.iter_caps(buf, hdr.cap_offset, what, ctypes.sizeof(uapi.vfio_region_info)):
+            caps.append(_decode_region_cap(rc, what))
+    return RegionInfo(hdr.index, hdr.flags, hdr.size, hdr.offset, tuple(caps), bytes(buf))
+
+
+def _decode_region_cap(rc: uapi.RawCap, what: str):
+    if rc.id == uapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP:
+        uapi.check_cap_size(rc, uapi.vfio_region_info_cap_sparse_mmap, what)
+        sp = uapi.vfio_region_info_cap_sparse_mmap.from_buffer_copy(rc.data)
+        base = ctypes.sizeof(uapi.vfio_region_info_cap_sparse_mmap)
+        asz = ctypes.sizeof(uapi.vfio_region_sparse_mmap_area)
+        if base + sp.nr_areas * asz > len(rc.data):
+            raise ValueError(f"{what}: sparse mmap capability at {rc.offset:#x} claims {sp.nr_areas} "
+                             f"areas but has room for {(len(rc.data) - base) // asz}")
+        areas = tuple(struct.unpack_from("<QQ", rc.data, base + i * asz) for i in range(sp.nr_areas))
+        return SparseMmapCap(areas, version=rc.version)
+    if rc.id == uapi.VFIO_REGION_INFO_CAP_TYPE:
+        uapi.check_cap_size(rc, uapi.vfio_region_info_cap_type, what)
+        t = uapi.vfio_region_info_cap_type.from_buffer_copy(rc.data)
+        return RegionTypeCap(t.type, t.subtype, version=rc.version)
+    if rc.id == uapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
+        return MsixMappableCap(version=rc.version)
+    return UnknownCap(rc.id, rc.version, rc.data)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    flags: int
+    num_regions: int
+    num_irqs: int
+    caps: tuple = ()
+
+    @property
+    def is_pci(self) -> bool:
+        return bool(self.flags & uapi.VFIO_DEVICE_FLAGS_PCI)
+
+    @property
+    def is_platform(self) -> bool:
+        return bool(self.flags & uapi.VFIO_DEVICE_FLAGS_PLATFORM)
+
+    @property
+    def can_reset(self) -> bool:
+        return bool(self.flags & uapi.VFIO_DEVICE_FLAGS_RESET)
+
+
+@dataclass(frozen=True)
+class IrqInfo:
+    index: int
+    flags: int
+    count: int
+
+    @property
+    def eventfd(self) -> bool:
+        return bool(self.flags & uapi.VFIO_IRQ_INFO_EVENTFD)
+
+    @property
+    def maskable(self) -> bool:
+        return bool(self.flags & uapi.VFIO_IRQ_INFO_MASKABLE)
+
+    @property
+    def automasked(self) -> bool:
+        return bool(self.flags & uapi.VFIO_IRQ_INFO_AUTOMASKED)
+
+    @property
+    def noresize(self) -> bool:
+        return bool(self.flags & uapi.VFIO_IRQ_INFO_NORESIZE)
+
+
+@dataclass(frozen=True)
+class HotResetDevice:
+    group_id: int   # or devid, when flags has VFIO_PCI_HOT_RESET_FLAG_DEV_ID
+    segment: int
+    bus: int
+    devfn: int
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
+
+
+@dataclass(frozen=True)
+class HotResetInfo:
+    flags: int
+    devices: tuple = field(default_factory=tuple)
+
+
+# ---------------------------------------------------------------------------------------
+# Regions
+# ---------------------------------------------------------------------------------------
+
+_WIDTH_FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+_CTYPE = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
+
+
+def _chunks(offset: int, length: int):
+    """Split an access into naturally aligned pieces of 8/4/2/1 bytes (as the kernel's
+    vfio-pci do_io_rw does), so bulk copies never become byte-wise device accesses."""
+    end = offset + length
+    while offset < end:
+        for w in (8, 4, 2, 1):
+            if offset % w == 0 and offset + w <= end:
+                yield offset, w
+                offset += w
+                break
+
+
+class Region:
+    """One region of a device, accessed with pread/pwrite (always possible when the
+    region is readable/writable), with typed little-endian accessors.
+
+    ``map()`` gives the mmap'ed view (:class:`MappedRegion`) for fast MMIO.
+    """
+
+    def __init__(self, device: "Device", info: RegionInfo):
+        self.device = device
+        self.info = info
+        self.index = info.index
+        self.size = info.size
+        self._maps: list[MappedRegion] = []
+
+    def __repr__(self) -> str:
+        return f"Region({self.device.name} index {self.index}, size {self.size:#x}, flags {self.info.flags:#x})"
+
+    def _check(self, offset: int, length: int, write: bool) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise RegionAccessError(f"region {self.index} of {self.device.name}: access of {length} bytes "
+                                    f"at {offset:#x} is outside its {self.size:#x} bytes")
+        need, word = (self.info.writable, "writable") if write else (self.info.readable, "readable")
+        if not need:
+            raise RegionAccessError(f"region {self.index} of {self.device.name} is not {word}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length, False)
+        return self.device.backend.pread(self.info.offset + offset, length)
+
+    def write(self, offset: int, data: bytes) -> int:
+        self._check(offset, len(data), True)
+        return self.device.backend.pwrite(self.info.offset + offset, bytes(data))
+
+    def _readw(self, offset: int, w: int) -> int:
+        return struct.unpack(_WIDTH_FMT[w], self.read(offset, w))[0]
+
+    def _writew(self, offset: int, w: int, value: int) -> None:
+        self.write(offset, struct.pack(_WIDTH_FMT[w], value & ((1 << (8 * w)) - 1)))
+
+    def read8(self, offset: int) -> int:
+        return self._readw(offset, 1)
+
+    def read16(self, offset: int) -> int:
+        return self._readw(offset, 2)
+
+    def read32(self, offset: int) -> int:
+        return self._readw(offset, 4)
+
+    def read64(self, offset: int) -> int:
+        return self._readw(offset, 8)
+
+    def write8(self, offset: int, value: int) -> None:
+        self._writew(offset, 1, value)
+
+    def write16(self, offset: int, value: int) -> None:
+        self._writew(offset, 2, value)
+
+    def write32(self, offset: int, value: int) -> None:
+        self._writew(offset, 4, value)
+
+    def write64(self, offset: int, value: int) -> None:
+        self._writew(offset, 8, value)
+
+    def map(self, prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> "MappedRegion":
+        """mmap every mmap-able area of the region (sparse-mmap aware); accesses outside
+        them fall back to pread/pwrite.  Raises if nothing of the region may be mapped."""
+        m = MappedRegion(self, prot)
+        self._maps.append(m)
+        return m
+
+    def close(self) -> None:
+        while self._maps:
+            self._maps.pop().close()
+
+
+class MappedRegion:
+    """A region's mmap'ed view with typed accessors, like python-periphery's MMIO.
+
+    Each accessor of width N is a single N-byte load or store (``ctypes``
+    ``c_uintN.from_address``): devices such as QEMU's edu accept only 4- and
+    8-byte accesses, and ``struct.unpack`` on an mmap would read byte by byte.
+    Offsets are relative to the region; bounds are checked once per access
+    against the region.  Offsets not covered by a mapped area (a sparse hole,
+    typically the MSI-X table) go through the region's pread/pwrite.
+    """
+
+    def __init__(self, region: Region, prot: int):
+        self.region = region
+        self.size = region.size
+        self._areas = []    # (start, end, mmap, base address)
+        areas = region.info.mmap_areas()
+        if not areas:
+            raise RegionAccessError(f"region {region.index} of {region.device.name} has no mmap-able area")
+        try:
+            for off, size in areas:
+                if off % PAGE_SIZE or off + size > region.size:
+                    raise RegionAccessError(f"region {region.index} of {region.device.name}: mmap area "
+                                            f"{off:#x}+{size:#x} is unaligned or outside the region")
+                mm = region.device.backend.mmap(region.info.offset + off, size, prot)
+                base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+                self._areas.append((off, off + size, mm, base))
+        except BaseException:
+            self.close()
+            raise
+        # fast path: one area covering the whole region (most BARs)
+        whole = len(self._areas) == 1 and self._areas[0][0] == 0 and self._areas[0][1] == region.size
+        self._base = self._areas[0][3] if whole else None
+
+    @property
+    def areas(self) -> list:
+        return [(s, e - s) for s, e, _, _ in self._areas]
+
+    def _addr(self, offset: int, w: int):
+        if offset < 0 or offset + w > self.size:
+            raise RegionAccessError(f"region {self.region.index} of {self.region.device.name}: "
+                                    f"{w}-byte access at {offset:#x} is outside its {self.size:#x} bytes")
+        if offset % w:
+            raise RegionAccessError(f"region {self.region.index} of {self.region.device.name}: "
+                                    f"{w}-byte access at {offset:#x} is not naturally aligned")
+        if self._base is not None:
+            return self._base + offset
+        for s, e, _, base in self._areas:
+            if s <= offset and offset + w <= e:
+                return base + offset - s
+        return None     # trapped: not in any mapped area
+
+    def _get(self, offset: int, w: int) -> int:
+        a = self._addr(offset, w)
+        if a is None:
+            return self.region._readw(offset, w)
+        return _CTYPE[w].from_address(a).value
+
+    def _put(self, offset: int, w: int, value: int) -> None:
+        a = self._addr(offset, w)
+        if a is None:
+            self.region._writew(offset, w, value)
+        else:
+            _CTYPE[w].from_address(a).value = value
+
+    # The 32-bit pair is the hot path of every driver: spelled out without the
+    # generic helpers to keep it a bounds check and one load/store.
+    def read32(self, offset: int) -> int:
+        base = self._base
+        if base is not None and 0 <= offset <= self.size - 4 and not offset & 3:
+            return ctypes.c_uint32.from_address(base + offset).value
+        return self._get(offset, 4)
+
+    def write32(self, offset: int, value: int) -> None:
+        base = self._base
+        if base is not None and 0 <= offset <= self.size - 4 and not offset & 3:
+            ctypes.c_uint32.from_address(base + offset).value = value
+        else:
+            self._put(offset, 4, value)
+
+    def read8(self, offset: int) -> int:
+        return self._get(offset, 1)
+
+    def read16(self, offset: int) -> int:
+        return self._get(offset, 2)
+
+    def read64(self, offset: int) -> int:
+        return self._get(offset, 8)
+
+    def write8(self, offset: int, value: int) -> None:
+        self._put(offset, 1, value)
+
+    def write16(self, offset: int, value: int) -> None:
+        self._put(offset, 2, value)
+
+    def write64(self, offset: int, value: int) -> None:
+        self._put(offset, 8, value)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bulk read in naturally aligned 8/4/2/1-byte device accesses."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise RegionAccessError(f"region {self.region.index}: read of {length} bytes at {offset:#x} "
+                                    f"is outside its {self.size:#x} bytes")
+        out = bytearray(length)
+        for off, w in _chunks(offset, length):
+            struct.pack_into(_WIDTH_FMT[w], out, off - offset, self._get(off, w))
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Bulk write in naturally aligned 8/4/2/1-byte device accesses."""
+        data = bytes(data)
+        if offset < 0 or offset + len(data) > self.size:
+            raise RegionAccessError(f"region {self.region.index}: write of {len(data)} bytes at {offset:#x} "
+                                    f"is outside its {self.size:#x} bytes")
+        for off, w in _chunks(offset, len(data)):
+            self._put(off, w, struct.unpack_from(_WIDTH_FMT[w], data, off - offset)[0])
+
+    def close(self) -> None:
+        areas, self._areas, self._base = self._areas, [], None
+        for _, _, mm, _ in areas:
+            try:
+                mm.close()
+            except BufferError:
+                # a ctypes view still refers to the mapping; leave it to the GC
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Device
+# ---------------------------------------------------------------------------------------
+
+
+class IrqVectors:
+    """Eventfds programmed as triggers for a range of vectors of one IRQ index.
+
+    Owned by the :class:`Device`; ``close()`` disables the vectors in the device
+    (SET_IRQS with fd -1) and closes the eventfds.
+    """
+
+    def __init__(self, device: "Device", index: int, start: int, efds: list):
+        self.device, self.index, self.start, self.eventfds = device, index, start, efds
+
+    def __getitem__(self, i: int) -> EventFd:
+        return self.eventfds[i]
+
+    def __len__(self) -> int:
+        return len(self.eventfds)
+
+    def close(self) -> None:
+        if not self.eventfds:
+            return
+        efds, self.eventfds = self.eventfds, []
+        try:
+            if self.device.backend is not None and self.device._irq_owner.get(self.index) is self:
+                self.device.disable_irq(self.index)
+        finally:
+            for e in efds:
+                e.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Device:
+    """A VFIO device over a backend: info, regions, IRQs, reset.
+
+    Owns the backend and anything handed to it in ``owns`` (the group and
+    container a convenience opener created), closing them in reverse order.
+    """
+
+    #: The DMA space the device's DMA goes through (Container or IOAS; None when
+    #: unknown, e.g. replay, or in no-IOMMU mode).  Set by the openers.
+    dma = None
+    #: How the device was opened: "container", "cdev", "noiommu", "replay" or None.
+    interface = None
+
+    def __init__(self, backend: DeviceBackend, owns: Sequence = ()):
+        self.backend = backend
+        self.name = backend.name
+        self._owns = list(owns)
+        self._regions: dict[int, Region] = {}
+        self._irq_owner: dict[int, IrqVectors] = {}
+        self._extra_efds: list[EventFd] = []
+        try:
+            self.info = self._get_device_info()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- info ------------------------------------------------------------------------
+    def _variable_info(self, call, fixed_type, what: str) -> bytes:
+        """The one retry loop of variable-length info calls: ask with the fixed size;
+        if the kernel answers with a larger argsz (a capability chain follows), ask again."""
+        argsz = ctypes.sizeof(fixed_type)
+        for _ in range(4):
+            buf = call(argsz)
+            need = fixed_type.from_buffer_copy(buf).argsz
+            if need <= argsz:
+                return buf
+            if need > 1 << 20:
+                raise VfioError(errno.EOVERFLOW, f"{what}: kernel asks for an implausible argsz {need}")
+            argsz = need
+        raise VfioError(errno.EAGAIN, f"{what}: argsz kept growing")
+
+    def _get_device_info(self) -> DeviceInfo:
+        what = f"VFIO_DEVICE_GET_INFO on {self.name}"
+        buf = self._variable_info(self.backend.get_info, uapi.vfio_device_info, what)
+        hdr = uapi.vfio_device_info.from_buffer_copy(buf)
+        caps = ()
+        if hdr.flags & uapi.VFIO_DEVICE_FLAGS_CAPS and hdr.cap_offset:
+            caps = tuple(UnknownCap(c.id, c.version, c.data) for c in
+                         uapi.iter_caps(buf, hdr.cap_offset, what, ctypes.sizeof(uapi.vfio_device_info)))
+        return DeviceInfo(hdr.flags, hdr.num_regions, hdr.num_irqs, caps)
+
+    def region_info(self, index: int) -> RegionInfo:
+        what = f"VFIO_DEVICE_GET_REGION_INFO index {index} on {self.name}"
+        buf = self._variable_info(lambda argsz: self.backend.get_region_info(index, argsz),
+                                  uapi.vfio_region_info, what)
+        try:
+            return parse_region_info(buf, what)
+        except ValueError as e:
+            raise VfioError(errno.EPROTO, str(e)) from None
+
+    def region(self, index: int) -> Region:
+        r = self._regions.get(index)
+        if r is None:
+            r = self._regions[index] = Region(self, self.region_info(index))
+        return r
+
+    @property
+    def regions(self) -> list:
+        """Every region the device reports (including empty ones, size 0)."""
+        return [self.region(i) for i in range(self.info.num_regions)]
+
+    @property
+    def config(self) -> Region:
+        """vfio-pci's config-space region."""
+        if not self.info.is_pci:
+            raise VfioError(errno.EINVAL, f"config space of {self.name}: not a PCI device")
+        return self.region(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
+
+    def irq_info(self, index: int) -> IrqInfo:
+        st = uapi.vfio_irq_info.from_buffer_copy(self.backend.get_irq_info(index))
+        return IrqInfo(st.index, st.flags, st.count)
+
+    # ---- interrupts (commands with side effects) --------------------------------------
+    def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0, data: bytes = b"") -> None:
+        """Raw SET_IRQS: ``flags`` is one DATA_* | one ACTION_*."""
+        self.backend.set_irqs(uapi.build_irq_set(flags, index, start, count, data))
+
+    def enable_irq(self, index: int, count: int | None = None, start: int = 0) -> IrqVectors:
+        """Create eventfds and program them as triggers for vectors start..start+count-1.
+
+        ``count`` defaults to every vector of the index.  Replaces (and closes) the
+        eventfds of an earlier ``enable_irq`` on the same index.
+        """
+        if count is None:
+            count = self.irq_info(index).count - start
+        efds = [EventFd(f"{self.name} irq {index}.{start + i}") for i in range(count)]
+        try:
+            self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
+                          start, count, uapi.irq_set_data_eventfds([e.fd for e in efds]))
+        except BaseException:
+            for e in efds:
+                e.close()
+            raise
+        old = self._irq_owner.get(index)
+        vec = self._irq_owner[index] = IrqVectors(self, index, start, efds)
+        if old is not None:
+            old.eventfds, olde = [], old.eventfds
+            for e in olde:
+                e.close()
+        return vec
+
+    def disable_irq(self, index: int) -> None:
+        """Tear down every trigger of ``index`` (DATA_NONE | ACTION_TRIGGER, count 0)."""
+        self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0)
+        vec = self._irq_owner.pop(index, None)
+        if vec is not None and vec.eventfds:
+            efds, vec.eventfds = vec.eventfds, []
+            for e in efds:
+                e.close()
+
+    def _action(self, index: int, action: int, start: int, count: int, values=None) -> None:
+        if values is None:
+            self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_NONE | action, start, count)
+        else:
+            self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_BOOL | action, start, len(values),
+                          uapi.irq_set_data_bools(values))
+
+    def mask_irq(self, index: int, start: int = 0, count: int = 1, values=None) -> None:
+        self._action(index, uapi.VFIO_IRQ_SET_ACTION_MASK, start, count, values)
+
+    def unmask_irq(self, index: int, start: int = 0, count: int = 1, values=None) -> None:
+        self._action(index, uapi.VFIO_IRQ_SET_ACTION_UNMASK, start, count, values)
+
+    def trigger_irq(self, index: int, start: int = 0, count: int = 1, values=None) -> None:
+        """Loopback trigger: the kernel signals the vectors' eventfds as if the device fired."""
+        self._action(index, uapi.VFIO_IRQ_SET_ACTION_TRIGGER, start, count, values)
+
+    def unmask_eventfd(self, index: int, start: int = 0) -> EventFd:
+        """An eventfd whose signal unmasks the vector (INTx resample, the KVM resamplefd use)."""
+        e = EventFd(f"{self.name} irq {index}.{start} unmask")
+        try:
+            self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_UNMASK,
+                          start, 1, uapi.irq_set_data_eventfds([e.fd]))
+        except BaseException:
+            e.close()
+            raise
+        self._extra_efds.append(e)
+        return e
+
+    # ---- resets (commands) -----------------------------------------------------------
+    def reset(self) -> None:
+        self.backend.reset()
+
+    def hot_reset_info(self) -> HotResetInfo:
+        what = f"VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on {self.name}"
+        argsz = ctypes.sizeof(uapi.vfio_pci_hot_reset_info)
+        # the kernel answers ENOSPC (not a larger argsz alone) when the list does not fit
+        for _ in range(4):
+            try:
+                buf = self.backend.get_pci_hot_reset_info(argsz)
+            except VfioError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                buf = None
+            if buf is not None:
+                break
+            argsz = argsz * 4 + 64 * ctypes.sizeof(uapi.vfio_pci_dependent_device)
+        else:
+            raise VfioError(errno.ENOSPC, what)
+        hdr = uapi.vfio_pci_hot_reset_info.from_buffer_copy(buf)
+        dsz = ctypes.sizeof(uapi.vfio_pci_dependent_device)
+        base = ctypes.sizeof(uapi.vfio_pci_hot_reset_info)
+        if base + hdr.count * dsz > len(buf):
+            raise VfioError(errno.EPROTO, f"{what}: {hdr.count} devices do not fit a {len(buf)}-byte answer")
+        devs = []
+        for i in range(hdr.count):
+            d = uapi.vfio_pci_dependent_device.from_buffer_copy(buf, base + i * dsz)
+            devs.append(HotResetDevice(d.group_id, d.segment, d.bus, d.devfn))
+        return HotResetInfo(hdr.flags, tuple(devs))
+
+    def hot_reset(self, group_fds) -> None:
+        self.backend.pci_hot_reset(uapi.build_hot_reset(list(group_fds)))
+
+    # ---- lifetime --------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self.backend.fileno()
+
+    def close(self) -> None:
+        if self.backend is None:
+            return
+        try:
+            for r in self._regions.values():
+                r.close()
+            self._regions.clear()
+            for vec in list(self._irq_owner.values()):
+                for e in vec.eventfds:
+                    e.close()
+                vec.eventfds = []
+            self._irq_owner.clear()
+            for e in self._extra_efds:
+                e.close()
+            self._extra_efds.clear()
+        finally:
+            backend, self.backend = self.backend, None
+            try:
+                backend.close()
+            finally:
+                while self._owns:
+                    self._owns.pop().close()
+
+    @property
+    def closed(self) -> bool:
+        return self.backend is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Device({self.name!r}, flags={self.info.flags:#x}, regions={self.info.num_regions}, irqs={self.info.num_irqs})"

@@ -1,0 +1,149 @@
+"""VFIO groups: ``/dev/vfio/N``, the unit of isolation.
+
+The IOMMU isolates groups of devices, not single devices: a group is
+*viable* only when every device in it is bound to a VFIO driver (or to no
+driver, or to one the kernel knows is harmless, such as pci-stub or a bridge's
+pcieport).  A viable group is attached to a container
+(``VFIO_GROUP_SET_CONTAINER``), and only then hands out device fds
+(``VFIO_GROUP_GET_DEVICE_FD`` with the device's name, e.g. its BDF).
+``VFIO_GROUP_GET_STATUS`` is the kernel's own word on viability and is the
+authority over any list of driver names.
+
+No-IOMMU groups are ``/dev/vfio/noiommu-N`` (see :mod:`vfio.container`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+
+from . import uapi
+from .device import Device, KernelBackend
+from .errors import VfioError, wrap_oserror
+
+VFIO_DEV_DIR = "/dev/vfio"
+SYSFS_PCI = "/sys/bus/pci/devices"
+_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def normalize_bdf(bdf: str) -> str:
+    """'00:04.0' -> '0000:00:04.0'; anything else malformed is a ValueError naming it."""
+    b = bdf.strip().lower()
+    if re.match(r"^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$", b):
+        b = "0000:" + b
+    if not _BDF.match(b):
+        raise ValueError(f"{bdf!r} is not a PCI address of the form DDDD:BB:DD.F")
+    return b
+
+
+def iommu_group_of(bdf: str, sysfs: str = SYSFS_PCI) -> str:
+    """The IOMMU group name of a PCI device ('7', or e.g. '0' for noiommu-0)."""
+    bdf = normalize_bdf(bdf)
+    link = os.path.join(sysfs, bdf, "iommu_group")
+    if not os.path.exists(os.path.join(sysfs, bdf)):
+        raise VfioError(errno.ENODEV, f"PCI device {bdf}: no {os.path.join(sysfs, bdf)}")
+    try:
+        return os.path.basename(os.readlink(link))
+    except OSError as e:
+        raise wrap_oserror(e, f"IOMMU group of {bdf} ({link}): device has no IOMMU group "
+                              "(no IOMMU, or not enabled on the kernel command line)") from None
+
+
+def group_path_of(bdf: str, sysfs: str = SYSFS_PCI, devdir: str = VFIO_DEV_DIR) -> str:
+    """The /dev/vfio node of a device's group: N, or noiommu-N in no-IOMMU mode."""
+    g = iommu_group_of(bdf, sysfs)
+    for name in (g, f"noiommu-{g}"):
+        p = os.path.join(devdir, name)
+        if os.path.exists(p):
+            return p
+    raise VfioError(errno.ENOENT, f"group {g} of {bdf}: no {os.path.join(devdir, g)} "
+                                  "(is the device bound to vfio-pci?)")
+
+
+class Group:
+    """An open VFIO group node."""
+
+    def __init__(self, path_or_id):
+        path = path_or_id if isinstance(path_or_id, str) and "/" in path_or_id else \
+            os.path.join(VFIO_DEV_DIR, str(path_or_id))
+        self.path = path
+        self.container = None
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            hint = ""
+            if e.errno == errno.EBUSY:
+                hint = " (already open: a group may be opened once at a time)"
+            elif e.errno in (errno.EACCES, errno.EPERM):
+                hint = " (permission denied: needs ownership of the node, and CAP_SYS_RAWIO for no-IOMMU groups)"
+            raise wrap_oserror(e, f"open VFIO group {path}{hint}") from None
+
+    @property
+    def noiommu(self) -> bool:
+        return os.path.basename(self.path).startswith("noiommu-")
+
+    def _fd(self) -> int:
+        if self.fd < 0:
+            raise VfioError(errno.EBADF, f"group {self.path} is closed")
+        return self.fd
+
+    def status(self) -> int:
+        st = uapi.vfio_group_status(argsz=ctypes.sizeof(uapi.vfio_group_status))
+        uapi.ioctl(self._fd(), uapi.VFIO_GROUP_GET_STATUS, st, f"VFIO_GROUP_GET_STATUS on {self.path}")
+        return st.flags
+
+    @property
+    def viable(self) -> bool:
+        return bool(self.status() & uapi.VFIO_GROUP_FLAGS_VIABLE)
+
+    @property
+    def container_set(self) -> bool:
+        return bool(self.status() & uapi.VFIO_GROUP_FLAGS_CONTAINER_SET)
+
+    def set_container(self, container) -> None:
+        fdbuf = ctypes.c_int32(container.fd)
+        uapi.ioctl(self._fd(), uapi.VFIO_GROUP_SET_CONTAINER, fdbuf,
+                   f"VFIO_GROUP_SET_CONTAINER {container.path} on {self.path}")
+        self.container = container
+
+    def unset_container(self) -> None:
+        uapi.ioctl(self._fd(), uapi.VFIO_GROUP_UNSET_CONTAINER, 0, f"VFIO_GROUP_UNSET_CONTAINER on {self.path}")
+        self.container = None
+
+    def get_device_fd(self, name: str) -> int:
+        # a mutable buffer: with bytes, fcntl.ioctl returns a copy of the buffer, not the fd
+        buf = bytearray(name.encode() + b"\0")
+        return uapi.ioctl(self._fd(), uapi.VFIO_GROUP_GET_DEVICE_FD, buf,
+                          f"VFIO_GROUP_GET_DEVICE_FD {name} on {self.path}")
+
+    def open_device(self, name: str) -> Device:
+        fd = self.get_device_fd(name)
+        backend = KernelBackend(fd, name)
+        try:
+            return Device(backend)
+        except BaseException:
+            backend.close()
+            raise
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if self.container is not None:
+                try:
+                    self.unset_container()
+                except VfioError as e:
+                    # EBUSY: devices of the group are still open; closing the fd detaches anyway
+                    if e.errno != errno.EBUSY:
+                        raise
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

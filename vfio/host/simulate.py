@@ -1,0 +1,162 @@
+"""A captured sysfs tree that reacts to driver writes like the kernel (a simulation).
+
+Assignment is a sequence of writes to ``driver_override``, ``drivers/X/unbind``,
+``drivers/X/bind`` and ``drivers_probe``.  To test it (and its rollback after
+a failure at every step) without hardware, :class:`SimulatedSysfs` applies
+those writes to a *writable copy* of a tree from ``fixtures/sysfs/`` with the
+rules of ``drivers/base/bus.c`` and ``drivers/pci/pci-driver.c`` (6.12):
+
+* ``driver_override``: the text without its newline; empty clears it (reads
+  back ``(null)``).
+* ``drivers/X/unbind BDF``: ENODEV unless the device is bound to X.
+* ``drivers/X/bind BDF``: ENODEV unless X matches the device -- its override
+  names X, or it has no override and X is one of its "native" drivers;
+  EBUSY when the device already has a driver.
+* ``drivers_probe BDF``: if the device has no driver, bind the override
+  driver when set (or nothing when that driver is not loaded), else the first
+  native driver that is loaded; ENODEV for an unknown device.
+* Binding a device to vfio-pci creates ``dev/vfio/N`` for its group; unbinding
+  the group's last one removes it.  ``modprobe vfio-pci`` creates the driver
+  directory and ``dev/vfio/vfio``.
+
+Native drivers (which ID tables match) cannot be known from sysfs; by default
+a device's native driver is the one it was bound to when captured (unless that
+was a VFIO driver).  It is a simulation: the in-guest tests
+(``tests/kernel/test_host_assign.py``) check the same sequences against the
+real kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+from ..errors import VfioError
+from .sysfs import PCI_DEVICES, PCI_DRIVERS, Host, Sysfs
+from .viability import VFIO_PCI_DRIVERS
+
+_DRIVER_FILES = ("bind", "unbind", "new_id", "remove_id")
+_OVERRIDE = re.compile(r"^sys/bus/pci/devices/([^/]+)/driver_override$")
+_BIND = re.compile(r"^sys/bus/pci/drivers/([^/]+)/(bind|unbind)$")
+
+
+class SimulatedSysfs(Sysfs):
+    """See the module docstring.  ``native`` maps BDF -> drivers whose ID table matches."""
+
+    def __init__(self, root: str, native: dict | None = None):
+        super().__init__(root)
+        self.writes: list[tuple[str, str]] = []       # (shown path, value), in order
+        self.owners: dict[str, tuple[int, int]] = {}  # chown is recorded, not done
+        self.modprobed: list[str] = []
+        if native is None:
+            native = {}
+            for d in Host(sysfs=Sysfs(root)).devices():
+                if d.driver is not None and d.driver not in VFIO_PCI_DRIVERS and d.driver != "pci-stub":
+                    native[d.bdf] = [d.driver]
+        self.native = {k: list(v) for k, v in native.items()}
+
+    # ---- kernel state helpers ----------------------------------------------------
+    def _fail(self, err: int, rel: str, value: str):
+        raise VfioError(err, f"writing {value.strip()!r} to {self.shown(rel)}")
+
+    def _dev_rel(self, bdf: str) -> str:
+        return f"{PCI_DEVICES}/{bdf}"
+
+    def _driver_of(self, bdf: str) -> str | None:
+        return self.link_name(f"{self._dev_rel(bdf)}/driver")
+
+    def _override_of(self, bdf: str) -> str | None:
+        v = self.read_optional(f"{self._dev_rel(bdf)}/driver_override")
+        return None if v in (None, "", "(null)") else v
+
+    def _attach(self, drv: str, bdf: str) -> None:
+        dev_real = self.path(self.real(self._dev_rel(bdf)))
+        drv_dir = self.path(f"{PCI_DRIVERS}/{drv}")
+        os.symlink(os.path.relpath(drv_dir, dev_real), os.path.join(dev_real, "driver"))
+        os.symlink(os.path.relpath(dev_real, drv_dir), os.path.join(drv_dir, bdf))
+        if drv in VFIO_PCI_DRIVERS:
+            group = self.link_name(f"{self._dev_rel(bdf)}/iommu_group")
+            if group is not None:
+                os.makedirs(self.path("dev/vfio"), exist_ok=True)
+                open(self.path(f"dev/vfio/{group}"), "a").close()
+
+    def _detach(self, drv: str, bdf: str) -> None:
+        dev_real = self.path(self.real(self._dev_rel(bdf)))
+        os.unlink(os.path.join(dev_real, "driver"))
+        os.unlink(self.path(f"{PCI_DRIVERS}/{drv}/{bdf}"))
+        group = self.link_name(f"{self._dev_rel(bdf)}/iommu_group")
+        if drv in VFIO_PCI_DRIVERS and group is not None:
+            members = self.listdir(f"sys/kernel/iommu_groups/{group}/devices")
+            if not any(self._driver_of(b) in VFIO_PCI_DRIVERS for b in members):
+                node = self.path(f"dev/vfio/{group}")
+                if os.path.exists(node):
+                    os.unlink(node)
+
+    def _matches(self, drv: str, bdf: str) -> bool:
+        override = self._override_of(bdf)
+        if override is not None:
+            return override == drv
+        return drv in self.native.get(bdf, [])
+
+    # ---- the writes ------------------------------------------------------------
+    def write(self, rel: str, value: str) -> None:
+        rel = rel.lstrip("/")
+        self.writes.append((self.shown(rel), value))
+        v = value.strip()
+        m = _OVERRIDE.match(rel)
+        if m:
+            if not self.exists(rel):
+                self._fail(errno.ENOENT, rel, value)
+            with open(self.path(rel), "w") as f:
+                f.write((v or "(null)") + "\n")
+            return
+        if rel == "sys/bus/pci/drivers_probe":
+            if not self.exists(self._dev_rel(v)):
+                self._fail(errno.ENODEV, rel, value)
+            if self._driver_of(v) is not None:
+                return
+            override = self._override_of(v)
+            candidates = [override] if override is not None else self.native.get(v, [])
+            for drv in candidates:
+                if self.exists(f"{PCI_DRIVERS}/{drv}"):
+                    self._attach(drv, v)
+                    return
+            return
+        m = _BIND.match(rel)
+        if m:
+            drv, op = m.groups()
+            if not self.exists(f"{PCI_DRIVERS}/{drv}") or not self.exists(self._dev_rel(v)):
+                self._fail(errno.ENODEV, rel, value)
+            current = self._driver_of(v)
+            if op == "unbind":
+                if current != drv:
+                    self._fail(errno.ENODEV, rel, value)
+                self._detach(drv, v)
+                return
+            if not self._matches(drv, v):
+                self._fail(errno.ENODEV, rel, value)
+            if current is not None:
+                self._fail(errno.EBUSY, rel, value)
+            self._attach(drv, v)
+            return
+        self._fail(errno.EACCES, rel, value + " (not modelled by the simulation)")
+
+    def chown(self, rel: str, uid: int, gid: int) -> None:
+        if not self.exists(rel):
+            raise VfioError(errno.ENOENT, f"chown {uid}:{gid} {self.shown(rel)}")
+        self.owners[self.shown(rel)] = (uid, gid)
+
+    def modprobe(self, module: str) -> None:
+        self.modprobed.append(module)
+        name = {"vfio_pci": "vfio-pci"}.get(module, module)
+        known = {d for ds in self.native.values() for d in ds} | {"vfio-pci", "pci-stub"}
+        if name not in known:
+            raise VfioError(errno.ENOENT, f"modprobe {module}: module not found (simulation)")
+        base = self.path(f"{PCI_DRIVERS}/{name}")
+        os.makedirs(base, exist_ok=True)
+        for f in _DRIVER_FILES:
+            open(os.path.join(base, f), "a").close()
+        if name == "vfio-pci":
+            os.makedirs(self.path("dev/vfio"), exist_ok=True)
+            open(self.path("dev/vfio/vfio"), "a").close()

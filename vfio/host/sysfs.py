@@ -1,0 +1,356 @@
+"""The host as sysfs shows it: PCI devices, their drivers and IOMMU groups.
+
+Linux describes every PCI function under ``/sys/bus/pci/devices/DDDD:BB:DD.F``
+(a symlink into ``/sys/devices/pci.../``, whose nesting follows the bridges).
+The files this module reads there:
+
+* ``vendor``, ``device``, ``subsystem_vendor``, ``subsystem_device``,
+  ``class`` (24 bits: base class, subclass, programming interface),
+  ``revision``, ``boot_vga`` (1 on the firmware's console VGA device),
+  ``numa_node``, ``config`` (config space: 64 bytes unless root);
+* ``driver`` -- a link to ``/sys/bus/pci/drivers/NAME`` when a driver is bound;
+* ``driver_override`` -- the one driver allowed to bind (reads ``(null)``
+  when unset); this is what assignment uses instead of ``new_id``, because it
+  affects one device, not every device with the same IDs;
+* ``iommu_group`` -- a link to ``/sys/kernel/iommu_groups/N``.  With no IOMMU
+  (or none enabled) there are no groups and the link is missing.
+
+Every path is taken relative to a configurable root (``/`` on a live
+system), so the whole model runs unchanged on trees captured from other
+machines by ``tools/capture-sysfs`` (see ``fixtures/sysfs/``).
+
+Every change made to the system goes through one object, :class:`Sysfs`:
+``write(path, value)``, ``chown(path, uid, gid)`` and ``modprobe(name)``.
+:class:`DryRunSysfs` records those actions instead of doing them (what
+``vfio-assign --dry-run`` prints), :mod:`vfio.host.simulate` makes a fixture
+tree react to them the way the kernel does, and the fault-injection tests
+wrap them to fail at each step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+from ..errors import VfioError, wrap_oserror
+from ..group import normalize_bdf
+
+PCI_DEVICES = "sys/bus/pci/devices"
+PCI_DRIVERS = "sys/bus/pci/drivers"
+IOMMU_GROUPS = "sys/kernel/iommu_groups"
+
+# Bounds on directory walks: a real host has a few hundred PCI functions at most.
+MAX_ENTRIES = 65536
+
+
+class HostError(ValueError):
+    """Bad input about the host: a BDF that does not exist, an unreadable or
+    malformed sysfs file, an unsafe request.  The message names the device and path."""
+
+
+class DeviceNotFound(HostError):
+    """No PCI device matches the BDF or vendor:device given."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change to the system, as ``vfio-assign --dry-run`` prints it."""
+    kind: str                 # "write", "chown" or "modprobe"
+    path: str = ""            # absolute path on the system the root stands for
+    value: str = ""           # written text; "uid:gid" for chown; module for modprobe
+
+    def __str__(self) -> str:
+        if self.kind == "write":
+            return f"echo {self.value} > {self.path}" if self.value.strip() else f"echo > {self.path}"
+        if self.kind == "chown":
+            return f"chown {self.value} {self.path}"
+        return f"modprobe {self.value}"
+
+
+class Sysfs:
+    """The root of a (live or captured) system plus the only door for changes to it."""
+
+    def __init__(self, root: str = "/"):
+        self.root = os.path.abspath(root)
+
+    # ---- reading ----------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """The real file for ``rel`` (relative to the root, e.g. ``sys/bus/pci``)."""
+        return os.path.join(self.root, rel)
+
+    def shown(self, rel: str) -> str:
+        """``rel`` as it is named on the system the root stands for (``/sys/...``)."""
+        return "/" + rel.lstrip("/")
+
+    def exists(self, rel: str) -> bool:
+        return os.path.exists(self.path(rel))
+
+    def read(self, rel: str) -> str:
+        try:
+            with open(self.path(rel), "r", errors="replace") as f:
+                return f.read()
+        except OSError as e:
+            raise wrap_oserror(e, f"reading {self.shown(rel)}") from None
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with open(self.path(rel), "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise wrap_oserror(e, f"reading {self.shown(rel)}") from None
+
+    def read_optional(self, rel: str) -> str | None:
+        """The stripped content, or None when the file does not exist."""
+        try:
+            with open(self.path(rel), "r", errors="replace") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise wrap_oserror(e, f"reading {self.shown(rel)}") from None
+
+    def link_name(self, rel: str) -> str | None:
+        """The last component of a symlink's target (a driver or group name), None if absent."""
+        try:
+            return os.path.basename(os.readlink(self.path(rel)))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:      # exists but is not a symlink: a malformed tree
+                raise HostError(f"{self.shown(rel)} is not a symlink") from None
+            raise wrap_oserror(e, f"reading link {self.shown(rel)}") from None
+
+    def real(self, rel: str) -> str:
+        """Where ``rel`` really is, relative to the root (symlinks resolved)."""
+        return os.path.relpath(os.path.realpath(self.path(rel)), self.root)
+
+    def listdir(self, rel: str) -> list[str]:
+        """Sorted entries of a directory; [] if it does not exist."""
+        try:
+            names = os.listdir(self.path(rel))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise wrap_oserror(e, f"listing {self.shown(rel)}") from None
+        if len(names) > MAX_ENTRIES:
+            raise HostError(f"{self.shown(rel)} has {len(names)} entries (more than {MAX_ENTRIES})")
+        return sorted(names)
+
+    # ---- the only ways this toolkit changes the host ---------------------
+    def write(self, rel: str, value: str) -> None:
+        """Write ``value`` to a sysfs attribute in a single write(2), as the kernel expects."""
+        try:
+            fd = os.open(self.path(rel), os.O_WRONLY)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise wrap_oserror(e, f"writing {value.strip()!r} to {self.shown(rel)}") from None
+
+    def chown(self, rel: str, uid: int, gid: int) -> None:
+        try:
+            os.chown(self.path(rel), uid, gid)
+        except OSError as e:
+            raise wrap_oserror(e, f"chown {uid}:{gid} {self.shown(rel)}") from None
+
+    def modprobe(self, module: str) -> None:
+        try:
+            r = subprocess.run(["modprobe", module], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise VfioError(getattr(e, "errno", None) or errno.EIO, f"modprobe {module}: {e}") from None
+        if r.returncode != 0:
+            raise VfioError(errno.ENOENT, f"modprobe {module}: {r.stderr.strip() or 'exit status %d' % r.returncode}")
+
+
+class DryRunSysfs(Sysfs):
+    """Reads the real tree, records every change in ``actions`` and makes none."""
+
+    def __init__(self, root: str = "/"):
+        super().__init__(root)
+        self.actions: list[Action] = []
+
+    def write(self, rel: str, value: str) -> None:
+        self.actions.append(Action("write", self.shown(rel), value))
+
+    def chown(self, rel: str, uid: int, gid: int) -> None:
+        self.actions.append(Action("chown", self.shown(rel), f"{uid}:{gid}"))
+
+    def modprobe(self, module: str) -> None:
+        self.actions.append(Action("modprobe", "", module))
+
+
+def _hex(sysfs: Sysfs, rel: str) -> int:
+    text = sysfs.read(rel).strip()
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise HostError(f"{sysfs.shown(rel)}: expected a hex number, found {text!r}") from None
+
+
+BRIDGE_CLASS = 0x06          # base class "bridge"
+PCI_BRIDGE_SUBCLASS = 0x0604  # PCI-to-PCI bridge (root ports and switch ports too)
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    """A snapshot of one PCI function's sysfs directory.  IDs are kept as numbers."""
+    bdf: str
+    vendor: int
+    device: int
+    subsystem_vendor: int
+    subsystem_device: int
+    class_code: int                 # 24 bits: base << 16 | sub << 8 | prog-if
+    revision: int
+    driver: str | None
+    driver_override: str | None
+    iommu_group: str | None
+    path: str                       # real directory, relative to the root
+    boot_vga: bool = False
+    numa_node: int | None = None
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor:04x}:{self.device:04x}"
+
+    @property
+    def base_class(self) -> int:
+        return self.class_code >> 16
+
+    @property
+    def is_bridge(self) -> bool:
+        """Any bridge (host, ISA, PCI-to-PCI...)."""
+        return self.base_class == BRIDGE_CLASS
+
+    @property
+    def is_pci_bridge(self) -> bool:
+        """A PCI-to-PCI bridge: root ports and switch ports, normally on pcieport."""
+        return self.class_code >> 8 == PCI_BRIDGE_SUBCLASS
+
+    @property
+    def parent(self) -> str | None:
+        """The BDF of the upstream bridge, None on a root bus."""
+        up = os.path.basename(os.path.dirname(self.path))
+        try:
+            return normalize_bdf(up)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class IommuGroup:
+    """One IOMMU group: the devices the IOMMU cannot tell apart, isolated together."""
+    number: str
+    devices: tuple = field(default_factory=tuple)   # of PciDevice
+    type: str | None = None                          # "DMA", "DMA-FQ", "identity", ...
+
+    @property
+    def bdfs(self) -> list[str]:
+        return [d.bdf for d in self.devices]
+
+
+class Host:
+    """PCI devices, drivers and IOMMU groups of the system under ``sysfs.root``."""
+
+    def __init__(self, root: str = "/", sysfs: Sysfs | None = None):
+        self.sysfs = sysfs if sysfs is not None else Sysfs(root)
+        self.root = self.sysfs.root
+
+    # ---- devices ------------------------------------------------------------
+    def bdfs(self) -> list[str]:
+        return self.sysfs.listdir(PCI_DEVICES)
+
+    def device(self, bdf: str) -> PciDevice:
+        """The current state of one device (re-read every call: drivers change)."""
+        try:
+            bdf = normalize_bdf(bdf)
+        except ValueError as e:
+            raise HostError(str(e)) from None
+        rel = f"{PCI_DEVICES}/{bdf}"
+        if not self.sysfs.exists(rel):
+            raise DeviceNotFound(f"no PCI device {bdf} ({self.sysfs.shown(rel)} does not exist)")
+        s = self.sysfs
+        override = s.read_optional(f"{rel}/driver_override")
+        numa = s.read_optional(f"{rel}/numa_node")
+        return PciDevice(
+            bdf=bdf,
+            vendor=_hex(s, f"{rel}/vendor"), device=_hex(s, f"{rel}/device"),
+            subsystem_vendor=_hex(s, f"{rel}/subsystem_vendor") if s.exists(f"{rel}/subsystem_vendor") else 0,
+            subsystem_device=_hex(s, f"{rel}/subsystem_device") if s.exists(f"{rel}/subsystem_device") else 0,
+            class_code=_hex(s, f"{rel}/class"),
+            revision=_hex(s, f"{rel}/revision") if s.exists(f"{rel}/revision") else 0,
+            driver=s.link_name(f"{rel}/driver"),
+            driver_override=None if override in (None, "", "(null)") else override,
+            iommu_group=s.link_name(f"{rel}/iommu_group"),
+            path=s.real(rel),
+            boot_vga=s.read_optional(f"{rel}/boot_vga") == "1",
+            numa_node=int(numa) if numa not in (None, "") and numa.lstrip("-").isdigit() and int(numa) >= 0 else None,
+        )
+
+    def devices(self) -> list[PciDevice]:
+        return [self.device(b) for b in self.bdfs()]
+
+    def find(self, spec: str) -> list[PciDevice]:
+        """Devices named by a BDF (``0000:00:04.0`` or ``00:04.0``) or by
+        ``vendor:device`` in hex (every device with those IDs)."""
+        s = spec.strip().lower()
+        parts = s.split(":")
+        if len(parts) == 2 and "." not in s and all(len(p) == 4 for p in parts):
+            try:
+                v, d = int(parts[0], 16), int(parts[1], 16)
+            except ValueError:
+                raise HostError(f"{spec!r} is neither a PCI address nor vendor:device in hex") from None
+            found = [dev for dev in self.devices() if dev.vendor == v and dev.device == d]
+            if not found:
+                raise DeviceNotFound(f"no PCI device with vendor:device {s} under {self.sysfs.shown(PCI_DEVICES)}")
+            return found
+        try:
+            return [self.device(s)]
+        except HostError as e:
+            if isinstance(e, DeviceNotFound):
+                raise
+            raise HostError(f"{spec!r} is neither a PCI address (DDDD:BB:DD.F) nor vendor:device in hex") from None
+
+    def config(self, bdf: str) -> bytes:
+        """Config space as sysfs gives it (all of it as root, 64 bytes otherwise)."""
+        return self.sysfs.read_bytes(f"{PCI_DEVICES}/{normalize_bdf(bdf)}/config")
+
+    def drivers(self) -> list[str]:
+        return self.sysfs.listdir(PCI_DRIVERS)
+
+    def has_driver(self, name: str) -> bool:
+        return self.sysfs.exists(f"{PCI_DRIVERS}/{name}")
+
+    # ---- IOMMU groups ---------------------------------------------------------
+    def group_numbers(self) -> list[str]:
+        return sorted(self.sysfs.listdir(IOMMU_GROUPS), key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+
+    @property
+    def has_iommu(self) -> bool:
+        """True when the kernel made IOMMU groups (an IOMMU is present and enabled)."""
+        return bool(self.group_numbers())
+
+    def group(self, number: str) -> IommuGroup:
+        rel = f"{IOMMU_GROUPS}/{number}"
+        if not self.sysfs.exists(rel):
+            raise HostError(f"no IOMMU group {number} ({self.sysfs.shown(rel)} does not exist)")
+        devs = tuple(self.device(b) for b in self.sysfs.listdir(f"{rel}/devices"))
+        return IommuGroup(str(number), devs, self.sysfs.read_optional(f"{rel}/type"))
+
+    def groups(self) -> list[IommuGroup]:
+        return [self.group(n) for n in self.group_numbers()]
+
+    def group_of(self, dev: PciDevice) -> IommuGroup | None:
+        return self.group(dev.iommu_group) if dev.iommu_group is not None else None
+
+    # ---- VFIO interfaces ------------------------------------------------------
+    def interfaces(self) -> dict:
+        """Which VFIO interfaces the host offers (see :func:`vfio.available_interfaces`),
+        plus whether no-IOMMU mode is switched on in the vfio module."""
+        from .. import available_interfaces
+        info = dict(available_interfaces(self.sysfs.path("dev")))
+        mode = self.sysfs.read_optional("sys/module/vfio/parameters/enable_unsafe_noiommu_mode")
+        info["noiommu_mode"] = None if mode is None else mode in ("Y", "1")
+        return info

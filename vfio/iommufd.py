@@ -1,0 +1,258 @@
+"""iommufd and the VFIO device cdev: the newer way to own a device.
+
+Since Linux 6.6 (``CONFIG_IOMMUFD`` + ``CONFIG_VFIO_DEVICE_CDEV``) a device bound
+to vfio-pci also appears as ``/dev/vfio/devices/vfioN``.  Instead of
+container + group, the user opens ``/dev/iommu`` (an iommufd), opens the cdev,
+binds it to the iommufd (``VFIO_DEVICE_BIND_IOMMUFD``, giving a device id),
+allocates an I/O address space (IOAS, ``IOMMU_IOAS_ALLOC``) and attaches the
+device to it (``VFIO_DEVICE_ATTACH_IOMMUFD_PT``; the kernel creates a hardware
+page table, HWPT, for it).  DMA mappings are made in the IOAS
+(``IOMMU_IOAS_MAP``, at a fixed IOVA or one the kernel picks) and apply to
+every device attached to it.  Once bound and attached, the cdev fd is an
+ordinary VFIO device fd: regions, IRQs and reset work as for a group-opened
+device, so :class:`vfio.device.Device` serves both.
+
+:class:`IOAS` is a :class:`vfio.dma.DmaSpace`, like the type1
+:class:`vfio.container.Container`, so DMA code does not care which is below.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import glob
+import os
+from dataclasses import dataclass
+
+from . import uapi
+from .device import Device, KernelBackend
+from .dma import DmaSpace
+from .errors import VfioError, wrap_oserror
+from .group import SYSFS_PCI, normalize_bdf
+
+IOMMU_PATH = "/dev/iommu"
+CDEV_DIR = "/dev/vfio/devices"
+
+
+def cdev_path_of(bdf: str, sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> str:
+    """``/dev/vfio/devices/vfioN`` of a device bound to vfio-pci (kernel with VFIO_DEVICE_CDEV)."""
+    bdf = normalize_bdf(bdf)
+    found = glob.glob(os.path.join(sysfs, bdf, "vfio-dev", "vfio*"))
+    if not found:
+        raise VfioError(errno.ENOENT, f"VFIO cdev of {bdf}: no {os.path.join(sysfs, bdf, 'vfio-dev')} "
+                                      "(not bound to vfio-pci, or the kernel lacks CONFIG_VFIO_DEVICE_CDEV)")
+    return os.path.join(devdir, os.path.basename(found[0]))
+
+
+@dataclass(frozen=True)
+class HwInfo:
+    """IOMMU_GET_HW_INFO: the IOMMU behind a device (type, capabilities, raw driver data)."""
+    data_type: int
+    capabilities: int
+    max_pasid_log2: int
+    data: bytes
+
+    @property
+    def vtd(self):
+        if self.data_type != uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD or len(self.data) < ctypes.sizeof(uapi.iommu_hw_info_vtd):
+            return None
+        v = uapi.iommu_hw_info_vtd.from_buffer_copy(self.data)
+        return {"flags": v.flags, "cap_reg": v.cap_reg, "ecap_reg": v.ecap_reg}
+
+
+class IommuFD:
+    """An open ``/dev/iommu``."""
+
+    def __init__(self, path: str = IOMMU_PATH):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise wrap_oserror(e, f"open iommufd {path} (kernel needs CONFIG_IOMMUFD)") from None
+        self._objects: list = []
+
+    def _fd(self) -> int:
+        if self.fd < 0:
+            raise VfioError(errno.EBADF, f"iommufd {self.path} is closed")
+        return self.fd
+
+    def call(self, request: int, st: ctypes.Structure, what: str) -> ctypes.Structure:
+        """An iommufd ioctl with its struct (``size`` filled in here)."""
+        st.size = ctypes.sizeof(st)
+        uapi.ioctl(self._fd(), request, st, f"{what} on {self.path}")
+        return st
+
+    def alloc_ioas(self) -> "IOAS":
+        st = self.call(uapi.IOMMU_IOAS_ALLOC, uapi.iommu_ioas_alloc(), "IOMMU_IOAS_ALLOC")
+        ioas = IOAS(self, st.out_ioas_id)
+        self._objects.append(ioas)
+        return ioas
+
+    def destroy(self, obj_id: int) -> None:
+        self.call(uapi.IOMMU_DESTROY, uapi.iommu_destroy(id=obj_id), f"IOMMU_DESTROY {obj_id}")
+
+    def get_hw_info(self, dev_id: int, data_len: int = 256) -> HwInfo:
+        buf = (ctypes.c_uint8 * data_len)()
+        st = uapi.iommu_hw_info(dev_id=dev_id, data_len=data_len, data_uptr=ctypes.addressof(buf))
+        self.call(uapi.IOMMU_GET_HW_INFO, st, f"IOMMU_GET_HW_INFO dev {dev_id}")
+        return HwInfo(st.out_data_type, st.out_capabilities, st.out_max_pasid_log2, bytes(buf)[:st.data_len])
+
+    def alloc_hwpt(self, dev_id: int, pt_id: int, flags: int = 0) -> int:
+        """A hardware page table for ``dev_id`` on IOAS ``pt_id`` (no driver data: a plain paging domain)."""
+        st = uapi.iommu_hwpt_alloc(flags=flags, dev_id=dev_id, pt_id=pt_id, data_type=uapi.IOMMU_HWPT_DATA_NONE)
+        self.call(uapi.IOMMU_HWPT_ALLOC, st, f"IOMMU_HWPT_ALLOC dev {dev_id} pt {pt_id}")
+        return st.out_hwpt_id
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            while self._objects:
+                self._objects.pop().close()
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class IOAS(DmaSpace):
+    """An iommufd I/O address space."""
+
+    def __init__(self, iommufd: IommuFD, ioas_id: int):
+        super().__init__()
+        self.iommufd = iommufd
+        self.id = ioas_id
+        self.alignment = 0
+        self._ranges: list | None = None
+
+    def iova_ranges(self) -> list:
+        """Usable IOVA ranges (inclusive).  Asked each time: attaching a device changes them."""
+        n = 8
+        for _ in range(6):
+            arr = (uapi.iommu_iova_range * n)()
+            st = uapi.iommu_ioas_iova_ranges(ioas_id=self.id, num_iovas=n, allowed_iovas=ctypes.addressof(arr))
+            try:
+                self.iommufd.call(uapi.IOMMU_IOAS_IOVA_RANGES, st, f"IOMMU_IOAS_IOVA_RANGES ioas {self.id}")
+            except VfioError as e:
+                # EMSGSIZE: more ranges than room; num_iovas says how many
+                if e.errno != errno.EMSGSIZE:
+                    raise
+                n = max(st.num_iovas, n * 2)
+                continue
+            self.alignment = st.out_iova_alignment
+            self._ranges = [(arr[i].start, arr[i].last) for i in range(st.num_iovas)]
+            return list(self._ranges)
+        raise VfioError(errno.EMSGSIZE, f"IOMMU_IOAS_IOVA_RANGES ioas {self.id}: range count kept growing")
+
+    @property
+    def min_page_size(self) -> int:
+        if self._ranges is None:
+            self.iova_ranges()
+        return self.alignment or 4096
+
+    def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
+        self.map_raw(vaddr, size, iova, readable, writable)
+
+    def map_raw(self, vaddr: int, size: int, iova: int | None = None, readable: bool = True,
+                writable: bool = True) -> int:
+        """IOMMU_IOAS_MAP at a fixed ``iova``, or at one the kernel picks (``iova=None``); returns the IOVA.
+        No bookkeeping: prefer :meth:`map`/:meth:`alloc`."""
+        flags = (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0) | (uapi.IOMMU_IOAS_MAP_WRITEABLE if writable else 0)
+        if iova is not None:
+            flags |= uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+        st = uapi.iommu_ioas_map(flags=flags, ioas_id=self.id, user_va=vaddr, length=size, iova=iova or 0)
+        self.iommufd.call(uapi.IOMMU_IOAS_MAP, st,
+                          f"IOMMU_IOAS_MAP ioas {self.id} iova {'auto' if iova is None else hex(iova)} length {size:#x}")
+        return st.iova
+
+    def _unmap(self, iova: int, size: int) -> int:
+        return self.unmap_raw(iova, size)
+
+    def unmap_raw(self, iova: int, size: int) -> int:
+        st = uapi.iommu_ioas_unmap(ioas_id=self.id, iova=iova, length=size)
+        self.iommufd.call(uapi.IOMMU_IOAS_UNMAP, st, f"IOMMU_IOAS_UNMAP ioas {self.id} iova {iova:#x} length {size:#x}")
+        return st.length
+
+    def close(self) -> None:
+        if self.id is None:
+            return
+        try:
+            self.unmap_all()
+        finally:
+            obj, self.id = self.id, None
+            if self.iommufd.fd >= 0:
+                self.iommufd.destroy(obj)
+            if self in self.iommufd._objects:
+                self.iommufd._objects.remove(self)
+
+
+class CdevBackend(KernelBackend):
+    """A device fd opened from its cdev, bound to an iommufd; unbinds by closing."""
+
+    def __init__(self, path: str, iommufd: IommuFD, name: str):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise wrap_oserror(e, f"open VFIO cdev {path} of {name}") from None
+        super().__init__(fd, name)
+        self.path = path
+        self.iommufd = iommufd
+        self.attached: int | None = None
+        try:
+            st = uapi.vfio_device_bind_iommufd(argsz=ctypes.sizeof(uapi.vfio_device_bind_iommufd),
+                                               iommufd=iommufd.fd)
+            uapi.ioctl(fd, uapi.VFIO_DEVICE_BIND_IOMMUFD, st, f"VFIO_DEVICE_BIND_IOMMUFD {path} of {name}")
+            self.devid = st.out_devid
+        except BaseException:
+            self.close()
+            raise
+
+    def attach(self, pt_id: int) -> int:
+        """Attach to an IOAS (or HWPT) ``pt_id``; returns the HWPT id the kernel used."""
+        st = uapi.vfio_device_attach_iommufd_pt(argsz=ctypes.sizeof(uapi.vfio_device_attach_iommufd_pt), pt_id=pt_id)
+        uapi.ioctl(self._fd("attach"), uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, st,
+                   f"VFIO_DEVICE_ATTACH_IOMMUFD_PT {pt_id} on {self.name}")
+        self.attached = st.pt_id
+        return st.pt_id
+
+    def detach(self) -> None:
+        st = uapi.vfio_device_detach_iommufd_pt(argsz=ctypes.sizeof(uapi.vfio_device_detach_iommufd_pt))
+        uapi.ioctl(self._fd("detach"), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, st,
+                   f"VFIO_DEVICE_DETACH_IOMMUFD_PT on {self.name}")
+        self.attached = None
+
+
+def open_cdev_device(bdf: str, iommufd: IommuFD | None = None, ioas: IOAS | None = None,
+                     sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> Device:
+    """Open a vfio-pci device through its cdev, bound to ``iommufd`` and attached to
+    ``ioas`` (both created, and then owned by the Device, when not given).
+
+    The Device's ``.ioas`` is the DMA space, ``.backend.devid`` the iommufd device id.
+    """
+    bdf = normalize_bdf(bdf)
+    owns = []
+    try:
+        if iommufd is None:
+            iommufd = IommuFD()
+            owns.append(iommufd)
+        if ioas is None:
+            ioas = iommufd.alloc_ioas()
+        backend = CdevBackend(cdev_path_of(bdf, sysfs, devdir), iommufd, bdf)
+        try:
+            backend.attach(ioas.id)
+            dev = Device(backend, owns=owns)
+        except BaseException:
+            backend.close()
+            raise
+    except BaseException:
+        for o in reversed(owns):
+            o.close()
+        raise
+    dev.ioas = ioas
+    dev.iommufd = iommufd
+    return dev

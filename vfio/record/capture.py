@@ -1,0 +1,235 @@
+"""Capture: a device to a record file.
+
+Two sources:
+
+* :func:`capture_device` -- a device opened through VFIO (any
+  :class:`vfio.device.Device`, so also a replayed one): ``GET_INFO`` with its
+  capability chain, ``GET_REGION_INFO`` for every index below ``num_regions``
+  (with the raw chain: sparse mmap areas, MSI-X mappable, region type),
+  ``GET_IRQ_INFO`` for every IRQ index, config space and the ROM read through
+  the config/ROM regions, and optionally the first bytes of each BAR.  Indexes
+  the kernel refuses with EINVAL get no record, which is how replay knows to
+  refuse them too.  This is what the kernel tells a VFIO user, byte for byte.
+* :func:`capture_sysfs` -- a PCI device *not* bound to vfio-pci, from
+  ``/sys/bus/pci/devices/BDF`` alone: config space (all of it as root, the
+  first 64 bytes otherwise), the BAR and ROM resources with their physical
+  addresses, and IRQ counts from the MSI/MSI-X/PCIe capabilities.  Region and
+  IRQ info are *synthesized* the way vfio-pci 6.12 would report them (offsets
+  ``index << 40``, memory BARs mmap-able, the MSI-X BAR with the
+  MSI-X-mappable capability, INTx maskable + automasked, ERR only for PCIe).
+  Missing, and said so in a NOTE record: the virtualized config-space view
+  vfio-pci gives (sysfs shows the raw one), ROM contents, BAR contents,
+  device-specific regions (IGD, ...), device-info capabilities, and whether
+  the kernel's reset works (RESET is assumed from the ``reset`` attribute).
+
+Reading BARs can have side effects (clear-on-read registers), so BAR contents
+are captured only when asked (``bar_bytes``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import os
+import platform
+import re
+import struct
+
+from .. import uapi
+from ..errors import VfioError
+from . import format as F
+from .pcicaps import PCI_CAP_ID_EXP, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX, iter_std_caps
+
+SYSFS_PCI = "/sys/bus/pci/devices"
+_BDF = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+_REGION_INFO_SIZE = 32
+_DEVICE_INFO_SIZE = 24
+
+
+def _pci_info(name: str) -> F.PciInfo | None:
+    m = _BDF.search(name or "")
+    if m is None:
+        return None
+    return F.PciInfo(int(m[1], 16), int(m[2], 16), int(m[3], 16), int(m[4], 16))
+
+
+def _bar_info(cfg: bytes, index: int) -> F.PciBarInfo | None:
+    """BAR type from the low bits of the BAR register in (captured) config space."""
+    if index == uapi.VFIO_PCI_ROM_REGION_INDEX:
+        return F.PciBarInfo(F.BAR_ROM, index)
+    if len(cfg) < 0x10 + 4 * index + 4:
+        return None
+    low = struct.unpack_from("<I", cfg, 0x10 + 4 * index)[0]
+    if low & 1:
+        return F.PciBarInfo(F.BAR_PIO, index)
+    kind = F.BAR_MMIO64 if low & 0x6 == 0x4 else F.BAR_MMIO32
+    return F.PciBarInfo(kind, index, F.BAR_PREFETCHABLE if low & 0x8 else 0)
+
+
+def _resources(bdf: str, sysfs: str) -> list[tuple[int, int, int]]:
+    """(start, end, flags) per line of the sysfs ``resource`` file (BARs 0-5, ROM 6, ...)."""
+    path = os.path.join(sysfs, bdf, "resource")
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f):
+            try:
+                out.append(tuple(int(x, 16) for x in line.split()[:3]))
+            except ValueError:
+                raise ValueError(f"{path}: line {n + 1} is not 'start end flags': {line.strip()!r}") from None
+    return out
+
+
+def _note(source: str, extra: str = "") -> F.Note:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return F.Note(f"captured by vfio-capture {source} on Linux {platform.release()} at {now}{extra}")
+
+
+def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str = "") -> F.DeviceRecord:
+    """Record what ``dev`` (a :class:`vfio.device.Device`) reports through VFIO."""
+    info = dev.info
+    recs: list = []
+    pci = _pci_info(dev.name) if info.is_pci else None
+    if pci is not None:
+        recs.append(pci)
+    # the chain as the kernel wrote it: each cap's bytes run to the next (or the buffer end)
+    recs.append(F.DeviceInfo(info.flags, info.num_regions, info.num_irqs, b"".join(c.data for c in info.caps)))
+    resources = []
+    if pci is not None and os.path.exists(os.path.join(sysfs, pci.bdf, "resource")):
+        resources = _resources(pci.bdf, sysfs)
+    cfg = b""
+    if info.is_pci:
+        try:
+            creg = dev.region(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
+            cfg = creg.read(0, creg.size) if creg.info.readable and creg.size else b""
+        except VfioError as e:
+            if e.errno != errno.EINVAL:
+                raise
+    for index in range(info.num_regions):
+        try:
+            ri = dev.region_info(index)
+        except VfioError as e:
+            if e.errno == errno.EINVAL:     # the kernel has no such region: no record, replay refuses too
+                continue
+            raise
+        flags = ri.flags & (F.REGION_READ | F.REGION_WRITE | F.REGION_MMAP)
+        kids = []
+        addr = 0
+        is_cfg = info.is_pci and index == uapi.VFIO_PCI_CONFIG_REGION_INDEX
+        if info.is_pci and index <= uapi.VFIO_PCI_ROM_REGION_INDEX and ri.size:
+            bar = _bar_info(cfg, index)
+            if bar is not None:
+                kids.append(bar)
+            if index < len(resources) and resources[index][0]:
+                addr = resources[index][0]
+                flags |= F.REGION_PHYS
+        if info.is_pci and index == uapi.VFIO_PCI_ROM_REGION_INDEX:
+            flags |= F.REGION_ROM
+        if is_cfg:
+            kids.append(F.PciConfigSpace())
+        kids.append(F.RegionInfo(ri.flags, bytes(ri.raw[_REGION_INFO_SIZE:])))
+        data = b""
+        if is_cfg:
+            data = cfg
+        elif ri.readable and ri.size:
+            want = ri.size if flags & F.REGION_ROM else min(bar_bytes, ri.size)
+            if want:
+                data = dev.region(index).read(0, want)
+        if data:
+            kids.append(F.RegionData(0, data))
+        recs.append(F.Region(index, flags, ri.offset, ri.size, addr, kids))
+    for index in range(info.num_irqs):
+        try:
+            ii = dev.irq_info(index)
+        except VfioError as e:
+            if e.errno == errno.EINVAL:
+                continue
+            raise
+        recs.append(F.Interrupt(index, ii.flags, ii.count))
+    extra = f"; BAR contents: first {bar_bytes} bytes" if bar_bytes else "; BAR contents: not captured"
+    recs.append(_note(f"through VFIO from {dev.name}", extra + (f"; {note}" if note else "")))
+    return F.DeviceRecord(recs)
+
+
+def capture_pci(bdf: str, *, bar_bytes: int = 0, note: str = "") -> F.DeviceRecord:
+    """Open ``bdf`` (bound to vfio-pci) and capture it."""
+    import vfio
+    with vfio.open_pci_device(bdf) as dev:
+        return capture_device(dev, bar_bytes=bar_bytes, note=note)
+
+
+_MSIX_MAPPABLE_CAP = struct.pack("<HHI", uapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, 0)
+
+
+def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
+    """Record what sysfs shows of a PCI device (see the module docstring for what is missing)."""
+    from ..group import normalize_bdf
+    bdf = normalize_bdf(bdf)
+    ddir = os.path.join(sysfs, bdf)
+    if not os.path.isdir(ddir):
+        raise VfioError(errno.ENODEV, f"capture of {bdf} from sysfs: no {ddir}")
+    cpath = os.path.join(ddir, "config")
+    with open(cpath, "rb") as f:
+        cfg_size = os.fstat(f.fileno()).st_size        # 256 or 4096 whatever we may read
+        cfg = f.read(cfg_size)
+    if len(cfg) < 0x40:
+        raise ValueError(f"{cpath}: only {len(cfg)} bytes readable, less than the 64-byte header")
+    resources = _resources(bdf, sysfs)
+    try:
+        caps = dict((cid, pos) for cid, pos in iter_std_caps(cfg))
+    except ValueError as e:
+        raise ValueError(f"{cpath}: {e}") from None
+    msix_bar = None
+    if PCI_CAP_ID_MSIX in caps and len(cfg) >= caps[PCI_CAP_ID_MSIX] + 8:
+        msix_bar = struct.unpack_from("<I", cfg, caps[PCI_CAP_ID_MSIX] + 4)[0] & 0x7
+    has_reset = os.path.exists(os.path.join(ddir, "reset"))
+    is_vga = cfg[0x0B] == 0x03 and cfg[0x0A] == 0x00
+    vflags = uapi.VFIO_DEVICE_FLAGS_PCI | (uapi.VFIO_DEVICE_FLAGS_RESET if has_reset else 0)
+    recs: list = [_pci_info(bdf), F.DeviceInfo(vflags, uapi.VFIO_PCI_NUM_REGIONS, uapi.VFIO_PCI_NUM_IRQS)]
+    rw = F.REGION_READ | F.REGION_WRITE
+    for index in range(uapi.VFIO_PCI_ROM_REGION_INDEX + 1):
+        start, end, rflags = resources[index] if index < len(resources) else (0, 0, 0)
+        size = end - start + 1 if end else 0
+        offset = index << uapi.VFIO_PCI_OFFSET_SHIFT
+        if not size:
+            recs.append(F.Region(index, 0, offset, 0, 0, [F.RegionInfo(0)]))
+            continue
+        kids = [_bar_info(cfg, index)] if len(cfg) >= 0x28 or index == 6 else []
+        caps_b = b""
+        if index == uapi.VFIO_PCI_ROM_REGION_INDEX:
+            flags = F.REGION_READ | F.REGION_ROM
+        elif rflags & 0x200:                             # IORESOURCE_MEM: vfio-pci mmaps memory BARs
+            flags = rw | F.REGION_MMAP
+            if index == msix_bar:
+                caps_b = _MSIX_MAPPABLE_CAP
+        else:
+            flags = rw
+        vfl = (flags & 7) | (uapi.VFIO_REGION_INFO_FLAG_CAPS if caps_b else 0)
+        kids.append(F.RegionInfo(vfl, caps_b))
+        recs.append(F.Region(index, flags | F.REGION_PHYS, offset, size, start, [k for k in kids if k]))
+    recs.append(F.Region(uapi.VFIO_PCI_CONFIG_REGION_INDEX, rw, 7 << uapi.VFIO_PCI_OFFSET_SHIFT, cfg_size, 0,
+                         [F.PciConfigSpace(), F.RegionInfo(rw), F.RegionData(0, cfg)]))
+    if is_vga:
+        recs.append(F.Region(uapi.VFIO_PCI_VGA_REGION_INDEX, rw, 8 << uapi.VFIO_PCI_OFFSET_SHIFT, 0xC0000, 0,
+                             [F.RegionInfo(rw)]))
+    ev = uapi.VFIO_IRQ_INFO_EVENTFD
+    noresize = ev | uapi.VFIO_IRQ_INFO_NORESIZE
+    recs.append(F.Interrupt(uapi.VFIO_PCI_INTX_IRQ_INDEX,
+                            ev | uapi.VFIO_IRQ_INFO_MASKABLE | uapi.VFIO_IRQ_INFO_AUTOMASKED, 1 if cfg[0x3D] else 0))
+    msi = 0
+    if PCI_CAP_ID_MSI in caps:
+        msi = 1 << ((struct.unpack_from("<H", cfg, caps[PCI_CAP_ID_MSI] + 2)[0] & 0x0E) >> 1)
+    recs.append(F.Interrupt(uapi.VFIO_PCI_MSI_IRQ_INDEX, noresize, msi))
+    msix = 0
+    if PCI_CAP_ID_MSIX in caps:
+        msix = (struct.unpack_from("<H", cfg, caps[PCI_CAP_ID_MSIX] + 2)[0] & 0x7FF) + 1
+    # MSI-X is NORESIZE unless the platform supports dynamic allocation, which sysfs does not show
+    recs.append(F.Interrupt(uapi.VFIO_PCI_MSIX_IRQ_INDEX, noresize, msix))
+    if PCI_CAP_ID_EXP in caps:
+        recs.append(F.Interrupt(uapi.VFIO_PCI_ERR_IRQ_INDEX, noresize, 1))
+    recs.append(F.Interrupt(uapi.VFIO_PCI_REQ_IRQ_INDEX, noresize, 1))
+    missing = ("; from sysfs, not through VFIO: region and IRQ info synthesized as vfio-pci would report "
+               f"them; config space is the raw view ({len(cfg)} of {cfg_size} bytes readable), not vfio-pci's "
+               "virtualized one; missing: ROM and BAR contents, device-specific regions, device-info "
+               "capabilities, dynamic MSI-X; RESET assumed from the sysfs reset attribute")
+    recs.append(_note(f"from sysfs ({bdf})", missing))
+    return F.DeviceRecord(recs)

@@ -1,0 +1,813 @@
+"""The device record file: codec for ``records/FORMAT.md``.
+
+A record file is a header followed by typed, length-prefixed records (the
+layout proposed on qemu-devel in 2011 for "device fd files"), some of which
+(REGION, INTERRUPT) nest sub-records.  This module reads and writes it:
+
+* :func:`parse` turns bytes (or an mmap) into a :class:`DeviceRecord`, checking
+  everything ``FORMAT.md`` says a reader must refuse and raising
+  :class:`RecordFormatError` with the byte offset and the record type.
+* :func:`write` turns a :class:`DeviceRecord` back into bytes.  Round trips are
+  byte-exact: ``write(parse(b)) == b`` for every file ``parse`` accepts
+  (unknown records are kept raw, in place) and ``parse(write(x)) == x``.
+
+The packed little-endian layouts are declared once, with cstruct, in the
+``_L_*`` classes below -- field for field the tables of ``FORMAT.md``.  cstruct
+builds an object per decode, about 100 us a record; a record file of thousands
+of records (a BAR split into pages, many notes) would take a second.  So each
+declaration is compiled at import time into a :class:`struct.Struct` from the
+field formats cstruct itself computed (:func:`_compile`), and the hot path uses
+that; ``tests/unit/test_record_format.py`` checks the two agree.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Union
+
+import cstruct
+
+# ---------------------------------------------------------------------------
+# constants (FORMAT.md)
+# ---------------------------------------------------------------------------
+MAGIC = b"VFIOREC\x00"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+ALIGN = 8
+#: Largest file :func:`parse`/:func:`load` accept unless told otherwise.
+DEFAULT_MAX_FILE_SIZE = 256 << 20
+#: Levels of nesting: top-level records (1) and their sub-records (2).
+MAX_DEPTH = 2
+
+# record types: the RFC's numbering ...
+REGION = 1
+DTPATH = 2
+DTINDEX = 3
+INTERRUPT = 4
+PCI_CONFIG_SPACE = 5
+PCI_BAR_INFO = 6
+PCI_INFO = 7
+# ... and the extensions' own range
+EXTENSION_BASE = 0x8000
+DEVICE_INFO = 0x8001
+REGION_INFO = 0x8002
+REGION_DATA = 0x8003
+NOTE = 0x8004
+
+TYPE_NAMES = {
+    REGION: "REGION", DTPATH: "DTPATH", DTINDEX: "DTINDEX", INTERRUPT: "INTERRUPT",
+    PCI_CONFIG_SPACE: "PCI_CONFIG_SPACE", PCI_BAR_INFO: "PCI_BAR_INFO", PCI_INFO: "PCI_INFO",
+    DEVICE_INFO: "DEVICE_INFO", REGION_INFO: "REGION_INFO", REGION_DATA: "REGION_DATA", NOTE: "NOTE",
+}
+
+# REGION flags (bits 0-2 are VFIO_REGION_INFO_FLAG_READ/WRITE/MMAP)
+REGION_READ = 1 << 0
+REGION_WRITE = 1 << 1
+REGION_MMAP = 1 << 2
+REGION_ROM = 1 << 3
+REGION_PHYS = 1 << 4
+_REGION_VFIO_BITS = REGION_READ | REGION_WRITE | REGION_MMAP
+
+# INTERRUPT flags are vfio_irq_info flags
+IRQ_EVENTFD = 1 << 0
+IRQ_MASKABLE = 1 << 1
+IRQ_AUTOMASKED = 1 << 2
+IRQ_NORESIZE = 1 << 3
+
+# DTINDEX prop_type
+DT_PROP_REG = 0
+DT_PROP_RANGES = 1
+DT_PROP_INTERRUPTS = 2
+DT_PROP_INTERRUPT_MAP = 3
+
+# PCI_BAR_INFO
+BAR_PIO = 0
+BAR_MMIO32 = 1
+BAR_MMIO64 = 2
+BAR_ROM = 3
+BAR_PREFETCHABLE = 1 << 0
+
+
+def type_name(rtype: int | None) -> str:
+    if rtype is None:
+        return "file header"
+    return TYPE_NAMES.get(rtype, f"unknown type {rtype:#x}")
+
+
+class RecordFormatError(ValueError):
+    """A record file that breaks ``FORMAT.md``.
+
+    ``offset`` is the byte offset in the file of the thing at fault,
+    ``record_type`` the type of the record it belongs to (``None`` for the file
+    header), ``path`` the file name when known.
+    """
+
+    def __init__(self, offset: int, record_type: int | None, problem: str, path: str | None = None):
+        self.offset = offset
+        self.record_type = record_type
+        self.problem = problem
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}offset {offset:#x}: {type_name(record_type)}: {problem}")
+
+
+# ---------------------------------------------------------------------------
+# layouts (cstruct), compiled to struct.Struct for decoding speed
+# ---------------------------------------------------------------------------
+class _Layout(cstruct.MemCStruct):
+    __byte_order__ = cstruct.LITTLE_ENDIAN
+    __abstract__ = True
+
+
+_HDR = "uint32_t type; uint32_t rec_len; uint32_t flags;"  # every record starts so
+
+
+class _L_FileHeader(_Layout):
+    __def__ = """struct {
+        char     magic[8];
+        uint16_t version_major;
+        uint16_t version_minor;
+        uint32_t flags;
+        uint32_t header_len;
+        uint32_t reserved;
+        uint64_t file_len;
+    }"""
+
+
+class _L_RecordHeader(_Layout):
+    __def__ = "struct { " + _HDR + " }"
+
+
+class _L_Region(_Layout):            # type 1; cstruct reserves "size", hence "len"
+    __def__ = "struct { " + _HDR + """
+        uint32_t index;
+        uint64_t offset;
+        uint64_t len;
+        uint64_t addr;
+    }"""
+
+
+class _L_DtIndex(_Layout):           # type 3
+    __def__ = "struct { " + _HDR + " uint32_t prop_type; uint32_t prop_index; }"
+
+
+class _L_Interrupt(_Layout):         # type 4
+    __def__ = "struct { " + _HDR + " uint32_t index; uint32_t count; uint32_t reserved; }"
+
+
+class _L_PciBarInfo(_Layout):        # type 6
+    __def__ = "struct { " + _HDR + " uint32_t bar_type; uint32_t bar_index; }"
+
+
+class _L_PciInfo(_Layout):           # type 7
+    __def__ = "struct { " + _HDR + """
+        uint32_t domain;
+        uint8_t  bus;
+        uint8_t  device;
+        uint8_t  function;
+        uint8_t  reserved;
+    }"""
+
+
+class _L_DeviceInfo(_Layout):        # type 0x8001, followed by the capability chain
+    __def__ = "struct { " + _HDR + " uint32_t vfio_flags; uint32_t num_regions; uint32_t num_irqs; }"
+
+
+class _L_RegionInfo(_Layout):        # type 0x8002, followed by the capability chain
+    __def__ = "struct { " + _HDR + " uint32_t vfio_flags; }"
+
+
+class _L_RegionData(_Layout):        # type 0x8003, followed by the data
+    __def__ = "struct { " + _HDR + " uint32_t reserved; uint64_t offset; }"
+
+
+LAYOUTS = (_L_FileHeader, _L_RecordHeader, _L_Region, _L_DtIndex, _L_Interrupt, _L_PciBarInfo,
+           _L_PciInfo, _L_DeviceInfo, _L_RegionInfo, _L_RegionData)
+
+
+def _compile(layout) -> struct.Struct:
+    """The struct.Struct equivalent of a cstruct declaration, built from the
+    per-field formats cstruct computed (so the layout is spelled once)."""
+    fmt = "<"
+    pos = 0
+    for name, ft in layout.__fields_types__.items():
+        if ft.offset != pos or ft.padding:
+            raise AssertionError(f"{layout.__name__}.{name}: not packed at {pos}")
+        fmt += ft.fmt.lstrip("<")
+        pos += ft.vsize
+    st = struct.Struct(fmt)
+    if st.size != layout.__size__:
+        raise AssertionError(f"{layout.__name__}: struct size {st.size} != cstruct size {layout.__size__}")
+    return st
+
+
+STRUCTS = {layout: _compile(layout) for layout in LAYOUTS}
+_S_FILE = STRUCTS[_L_FileHeader]
+_S_HDR = STRUCTS[_L_RecordHeader]
+_S_REGION = STRUCTS[_L_Region]
+_S_DTINDEX = STRUCTS[_L_DtIndex]
+_S_INTERRUPT = STRUCTS[_L_Interrupt]
+_S_BAR = STRUCTS[_L_PciBarInfo]
+_S_PCI = STRUCTS[_L_PciInfo]
+_S_DEVINFO = STRUCTS[_L_DeviceInfo]
+_S_REGINFO = STRUCTS[_L_RegionInfo]
+_S_DATA = STRUCTS[_L_RegionData]
+
+FILE_HEADER_LEN = _S_FILE.size          # 32
+RECORD_HEADER_LEN = _S_HDR.size         # 12
+_ZEROS = bytes(64)
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+# ---------------------------------------------------------------------------
+# the in-memory model
+# ---------------------------------------------------------------------------
+Bytes = Union[bytes, memoryview]
+
+
+@dataclass(slots=True)
+class DtPath:
+    """Device-tree path of the node a region or interrupt comes from (type 2)."""
+    path: str
+    flags: int = 0
+    type = DTPATH
+
+
+@dataclass(slots=True)
+class DtIndex:
+    """Which entry of which device-tree property (type 3)."""
+    prop_type: int
+    prop_index: int
+    flags: int = 0
+    type = DTINDEX
+
+
+@dataclass(slots=True)
+class PciConfigSpace:
+    """Marks its region as PCI configuration space (type 5)."""
+    flags: int = 0
+    type = PCI_CONFIG_SPACE
+
+
+@dataclass(slots=True)
+class PciBarInfo:
+    """Which BAR a region is and of what kind (type 6)."""
+    bar_type: int
+    bar_index: int
+    flags: int = 0
+    type = PCI_BAR_INFO
+
+    @property
+    def prefetchable(self) -> bool:
+        return bool(self.flags & BAR_PREFETCHABLE)
+
+
+@dataclass(slots=True)
+class RegionInfo:
+    """The kernel's own ``vfio_region_info`` flags and capability chain (0x8002).
+
+    ``caps`` are the bytes the kernel wrote after the 32-byte header; their
+    ``next`` offsets count from the start of the info buffer."""
+    vfio_flags: int
+    caps: bytes = b""
+    flags: int = 0
+    type = REGION_INFO
+
+
+@dataclass(slots=True)
+class RegionData:
+    """Captured contents of part of a region (0x8003).  In a file parsed with
+    ``lazy=True`` ``data`` is a memoryview into the mapped file."""
+    offset: int
+    data: Bytes
+    flags: int = 0
+    type = REGION_DATA
+
+
+@dataclass(slots=True)
+class UnknownRecord:
+    """A record of a type this reader does not know: its raw bytes (header
+    included, padding excluded), written back unchanged."""
+    type: int
+    raw: bytes
+
+    @property
+    def flags(self) -> int:
+        return _S_HDR.unpack_from(self.raw, 0)[2]
+
+
+@dataclass(slots=True)
+class Region:
+    """One VFIO region (type 1) and its sub-records, in file order."""
+    index: int
+    flags: int = 0
+    offset: int = 0
+    size: int = 0
+    addr: int = 0
+    children: list = field(default_factory=list)
+    type = REGION
+
+    def _child(self, cls):
+        for c in self.children:
+            if type(c) is cls:
+                return c
+        return None
+
+    @property
+    def info(self) -> RegionInfo | None:
+        return self._child(RegionInfo)
+
+    @property
+    def bar(self) -> PciBarInfo | None:
+        return self._child(PciBarInfo)
+
+    @property
+    def is_config_space(self) -> bool:
+        return self._child(PciConfigSpace) is not None
+
+    @property
+    def data(self) -> list[RegionData]:
+        return [c for c in self.children if type(c) is RegionData]
+
+    @property
+    def dt_path(self) -> DtPath | None:
+        return self._child(DtPath)
+
+    @property
+    def vfio_flags(self) -> int:
+        """The kernel's region flags: from REGION_INFO if captured, else the
+        READ/WRITE/MMAP bits of the RFC flags."""
+        info = self.info
+        return info.vfio_flags if info is not None else self.flags & _REGION_VFIO_BITS
+
+    def contents(self, offset: int, length: int) -> bytes:
+        """Captured bytes ``[offset, offset+length)``; uncaptured bytes read as zero."""
+        out = bytearray(length)
+        for d in self.data:
+            lo, hi = max(offset, d.offset), min(offset + length, d.offset + len(d.data))
+            if lo < hi:
+                out[lo - offset:hi - offset] = d.data[lo - d.offset:hi - d.offset]
+        return bytes(out)
+
+
+@dataclass(slots=True)
+class Interrupt:
+    """One IRQ index (type 4): ``flags`` are the ``vfio_irq_info`` flags."""
+    index: int
+    flags: int = 0
+    count: int = 0
+    children: list = field(default_factory=list)
+    type = INTERRUPT
+
+
+@dataclass(slots=True)
+class PciInfo:
+    """The device's PCI address (type 7)."""
+    domain: int
+    bus: int
+    device: int
+    function: int
+    flags: int = 0
+    type = PCI_INFO
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.device:02x}.{self.function:x}"
+
+
+@dataclass(slots=True)
+class DeviceInfo:
+    """The kernel's ``vfio_device_info`` (0x8001): flags, counts and the raw
+    capability chain (bytes after the 24-byte header, offsets from its start)."""
+    vfio_flags: int
+    num_regions: int
+    num_irqs: int
+    caps: bytes = b""
+    flags: int = 0
+    type = DEVICE_INFO
+
+
+@dataclass(slots=True)
+class Note:
+    """Free-form provenance text (0x8004)."""
+    text: str
+    flags: int = 0
+    type = NOTE
+
+
+@dataclass
+class DeviceRecord:
+    """A whole record file: top-level records in file order, plus the header
+    fields a newer minor version may have set (kept for byte-exact write-back)."""
+    records: list = field(default_factory=list)
+    version_minor: int = VERSION_MINOR
+    header_flags: int = 0
+    header_extra: bytes = b""
+
+    def _first(self, cls):
+        for r in self.records:
+            if type(r) is cls:
+                return r
+        return None
+
+    @property
+    def pci_info(self) -> PciInfo | None:
+        return self._first(PciInfo)
+
+    @property
+    def device_info(self) -> DeviceInfo | None:
+        return self._first(DeviceInfo)
+
+    @property
+    def regions(self) -> dict[int, Region]:
+        """Regions keyed by VFIO region index."""
+        return {r.index: r for r in self.records if type(r) is Region}
+
+    @property
+    def interrupts(self) -> dict[int, Interrupt]:
+        """Interrupts keyed by VFIO IRQ index."""
+        return {r.index: r for r in self.records if type(r) is Interrupt}
+
+    @property
+    def notes(self) -> list[str]:
+        return [r.text for r in self.records if type(r) is Note]
+
+    @property
+    def config_region(self) -> Region | None:
+        for r in self.records:
+            if type(r) is Region and r.is_config_space:
+                return r
+        return None
+
+
+# ---------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------
+_TOP = 0   # "parent type" of a top-level record
+_PLACES = {  # where each known type may appear
+    REGION: (_TOP,), INTERRUPT: (_TOP,), PCI_INFO: (_TOP,), DEVICE_INFO: (_TOP,), NOTE: (_TOP,),
+    DTPATH: (REGION, INTERRUPT), DTINDEX: (REGION, INTERRUPT),
+    PCI_CONFIG_SPACE: (REGION,), PCI_BAR_INFO: (REGION,), REGION_INFO: (REGION,), REGION_DATA: (REGION,),
+}
+_CONTAINERS = (REGION, INTERRUPT)
+_SINGLE_IN_REGION = (PCI_CONFIG_SPACE, PCI_BAR_INFO, REGION_INFO)
+
+
+class _Reader:
+    """One parse: the buffer, options and the file-wide uniqueness checks."""
+
+    def __init__(self, buf, path: str | None, lazy: bool):
+        self.buf = buf
+        self.path = path
+        self.lazy = lazy
+        self.views: list[memoryview] = []
+        self.region_indexes: set[int] = set()
+        self.irq_indexes: set[int] = set()
+        self.singletons: set[int] = set()
+
+    def err(self, offset: int, rtype: int | None, problem: str) -> RecordFormatError:
+        return RecordFormatError(offset, rtype, problem, self.path)
+
+    def payload(self, a: int, b: int, copy: bool) -> Bytes:
+        if copy or not self.lazy:
+            return bytes(self.buf[a:b])
+        v = memoryview(self.buf)[a:b]
+        self.views.append(v)
+        return v
+
+    def string(self, pos: int, rtype: int, a: int, b: int) -> str:
+        raw = bytes(self.buf[a:b])
+        nul = raw.find(0)
+        if nul < 0:
+            raise self.err(pos, rtype, "string without NUL terminator")
+        if nul != len(raw) - 1:
+            raise self.err(a + nul + 1, rtype, f"{len(raw) - nul - 1} bytes after the string's NUL (rec_len too long)")
+        try:
+            return raw[:-1].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.err(a + e.start, rtype, "string is not UTF-8") from None
+
+    def padding(self, a: int, b: int, rtype: int) -> None:
+        if b > a and self.buf[a:b] != _ZEROS[:b - a]:
+            raise self.err(a, rtype, f"non-zero padding after the record ({b - a} bytes)")
+
+    def sequence(self, pos: int, end: int, parent: int, depth: int) -> list:
+        """Records from ``pos`` to ``end`` (a parent's end or the file's end)."""
+        out = []
+        buf = self.buf
+        while pos < end:
+            if end - pos < RECORD_HEADER_LEN:
+                raise self.err(pos, parent or None, f"truncated record header: {end - pos} bytes left "
+                               f"{'in the parent' if parent else 'in the file'}")
+            rtype, rec_len, flags = _S_HDR.unpack_from(buf, pos)
+            if rec_len < RECORD_HEADER_LEN:
+                raise self.err(pos, rtype, f"rec_len {rec_len} smaller than the 12-byte record header")
+            rend = pos + rec_len
+            if rend > end:
+                raise self.err(pos, rtype, f"rec_len {rec_len} runs {rend - end} bytes past the end of "
+                               f"{'its parent ' + type_name(parent) if parent else 'the file'}")
+            out.append(self.record(pos, rtype, rec_len, flags, parent, depth))
+            nxt = _align(rend)
+            if parent:
+                if rend == end:
+                    break
+                if nxt >= end:
+                    raise self.err(rend, parent, "parent ends inside the padding after its last sub-record")
+            elif nxt > end:
+                raise self.err(rend, rtype, "file ends inside the padding after the last record")
+            self.padding(rend, nxt, rtype)
+            pos = nxt
+        return out
+
+    def record(self, pos: int, rtype: int, rec_len: int, flags: int, parent: int, depth: int):
+        buf = self.buf
+        places = _PLACES.get(rtype)
+        if places is None:
+            return UnknownRecord(rtype, bytes(buf[pos:pos + rec_len]))
+        if parent not in places:
+            if rtype in _CONTAINERS:
+                raise self.err(pos, rtype, f"nesting too deep: a {type_name(rtype)} at level {depth} "
+                               f"(at most {MAX_DEPTH} levels; {type_name(rtype)} only at the top)")
+            where = f"under {type_name(parent)}" if parent else "at the top level"
+            raise self.err(pos, rtype, f"sub-record {where}; it belongs under "
+                           + " or ".join(type_name(p) for p in places))
+        if rtype == REGION:
+            return self.region(pos, rec_len, flags, depth)
+        if rtype == REGION_DATA:
+            self.fixed(pos, rtype, rec_len, _S_DATA.size, exact=False)
+            _, _, _, reserved, offset = _S_DATA.unpack_from(buf, pos)
+            self.reserved(pos + 12, rtype, reserved)
+            return RegionData(offset, self.payload(pos + _S_DATA.size, pos + rec_len, copy=False), flags)
+        if rtype == INTERRUPT:
+            self.fixed(pos, rtype, rec_len, _S_INTERRUPT.size, exact=False)
+            _, _, _, index, count, reserved = _S_INTERRUPT.unpack_from(buf, pos)
+            self.reserved(pos + 20, rtype, reserved)
+            if index in self.irq_indexes:
+                raise self.err(pos, rtype, f"duplicate interrupt index {index}")
+            self.irq_indexes.add(index)
+            kids = self.sequence(pos + _S_INTERRUPT.size, pos + rec_len, INTERRUPT, depth + 1)
+            return Interrupt(index, flags, count, kids)
+        if rtype == DTPATH:
+            return DtPath(self.string(pos, rtype, pos + 12, pos + rec_len), flags)
+        if rtype == NOTE:
+            return Note(self.string(pos, rtype, pos + 12, pos + rec_len), flags)
+        if rtype == DTINDEX:
+            self.fixed(pos, rtype, rec_len, _S_DTINDEX.size)
+            return DtIndex(*_S_DTINDEX.unpack_from(buf, pos)[3:], flags)
+        if rtype == PCI_CONFIG_SPACE:
+            self.fixed(pos, rtype, rec_len, RECORD_HEADER_LEN)
+            return PciConfigSpace(flags)
+        if rtype == PCI_BAR_INFO:
+            self.fixed(pos, rtype, rec_len, _S_BAR.size)
+            return PciBarInfo(*_S_BAR.unpack_from(buf, pos)[3:], flags)
+        if rtype == REGION_INFO:
+            self.fixed(pos, rtype, rec_len, _S_REGINFO.size, exact=False)
+            return RegionInfo(_S_REGINFO.unpack_from(buf, pos)[3],
+                              bytes(buf[pos + _S_REGINFO.size:pos + rec_len]), flags)
+        if rtype == PCI_INFO:
+            self.fixed(pos, rtype, rec_len, _S_PCI.size)
+            self.single(pos, rtype)
+            _, _, _, domain, bus, dev, fn, reserved = _S_PCI.unpack_from(buf, pos)
+            self.reserved(pos + 19, rtype, reserved)
+            if dev > 31 or fn > 7:
+                raise self.err(pos + 17, rtype, f"device {dev} / function {fn} out of range (0-31 / 0-7)")
+            return PciInfo(domain, bus, dev, fn, flags)
+        if rtype == DEVICE_INFO:
+            self.fixed(pos, rtype, rec_len, _S_DEVINFO.size, exact=False)
+            self.single(pos, rtype)
+            _, _, _, vflags, nreg, nirq = _S_DEVINFO.unpack_from(buf, pos)
+            return DeviceInfo(vflags, nreg, nirq, bytes(buf[pos + _S_DEVINFO.size:pos + rec_len]), flags)
+        raise AssertionError(f"type {rtype:#x} has a place but no decoder")  # pragma: no cover
+
+    def fixed(self, pos: int, rtype: int, rec_len: int, size: int, exact: bool = True) -> None:
+        if rec_len < size:
+            raise self.err(pos, rtype, f"rec_len {rec_len} smaller than the fixed part ({size} bytes)")
+        if exact and rec_len != size:
+            raise self.err(pos, rtype, f"rec_len {rec_len} is not the record's size ({size} bytes)")
+
+    def reserved(self, off: int, rtype: int, value: int) -> None:
+        if value:
+            raise self.err(off, rtype, f"reserved field is {value:#x}, must be 0")
+
+    def single(self, pos: int, rtype: int) -> None:
+        if rtype in self.singletons:
+            raise self.err(pos, rtype, f"a second {type_name(rtype)} record (at most one per file)")
+        self.singletons.add(rtype)
+
+    def region(self, pos: int, rec_len: int, flags: int, depth: int) -> Region:
+        self.fixed(pos, REGION, rec_len, _S_REGION.size, exact=False)
+        _, _, _, index, offset, size, addr = _S_REGION.unpack_from(self.buf, pos)
+        if index in self.region_indexes:
+            raise self.err(pos, REGION, f"duplicate region index {index}")
+        self.region_indexes.add(index)
+        kids = self.sequence(pos + _S_REGION.size, pos + rec_len, REGION, depth + 1)
+        # per-region checks need the sub-records' offsets: walk again alongside
+        seen = set()
+        spans = []
+        cpos = pos + _S_REGION.size
+        for kid in kids:
+            kt = kid.type
+            if kt in _SINGLE_IN_REGION:
+                if kt in seen:
+                    raise self.err(cpos, kt, f"a second {type_name(kt)} in region {index}")
+                seen.add(kt)
+            if kt == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
+                raise self.err(cpos, kt, f"vfio_flags {kid.vfio_flags:#x} disagree with region {index}'s "
+                               f"flags {flags:#x} on READ/WRITE/MMAP")
+            if kt == REGION_DATA:
+                if kid.offset + len(kid.data) > size:
+                    raise self.err(cpos, kt, f"data [{kid.offset:#x}, +{len(kid.data):#x}) outside region "
+                                   f"{index} ({size:#x} bytes)")
+                spans.append((kid.offset, kid.offset + len(kid.data), cpos))
+            cpos = _align(cpos + _S_HDR.unpack_from(self.buf, cpos)[1])
+        spans.sort()
+        for (a0, a1, _), (b0, _b1, boff) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise self.err(boff, REGION_DATA, f"data at {b0:#x} overlaps data [{a0:#x}, {a1:#x}) "
+                               f"in region {index}")
+        return Region(index, flags, offset, size, addr, kids)
+
+
+def parse(buf, *, path: str | None = None, lazy: bool = False,
+          max_size: int = DEFAULT_MAX_FILE_SIZE, _views: list | None = None) -> DeviceRecord:
+    """Decode a record file held in ``buf`` (bytes, bytearray, memoryview or mmap).
+
+    Raises :class:`RecordFormatError` for anything ``FORMAT.md`` says a reader
+    refuses.  With ``lazy=True`` region data are memoryviews into ``buf``
+    instead of copies (see :class:`MappedRecord`).
+    """
+    n = len(buf)
+    if n > max_size:
+        raise RecordFormatError(0, None, f"file is {n} bytes, larger than the limit of {max_size}", path)
+    if n < FILE_HEADER_LEN:
+        raise RecordFormatError(0, None, f"truncated file header: {n} of {FILE_HEADER_LEN} bytes", path)
+    magic, major, minor, hflags, header_len, reserved, file_len = _S_FILE.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise RecordFormatError(0, None, f"bad magic {magic!r} (not a VFIO record file)", path)
+    if major != VERSION_MAJOR:
+        raise RecordFormatError(8, None, f"format version {major}.{minor}; this reader knows {VERSION_MAJOR}.x", path)
+    if reserved:
+        raise RecordFormatError(20, None, f"reserved field is {reserved:#x}, must be 0", path)
+    if header_len < FILE_HEADER_LEN or header_len % ALIGN:
+        raise RecordFormatError(16, None, f"header_len {header_len} misaligned or below {FILE_HEADER_LEN}", path)
+    if file_len != n:
+        what = "truncated" if file_len > n else "has trailing bytes"
+        raise RecordFormatError(min(file_len, n), None, f"file {what}: header says {file_len} bytes, "
+                                f"file has {n}", path)
+    if header_len > n:
+        raise RecordFormatError(16, None, f"header_len {header_len} past the end of the {n}-byte file", path)
+    rd = _Reader(buf, path, lazy)
+    try:
+        records = rd.sequence(header_len, n, _TOP, 1)
+    finally:
+        if _views is not None:  # even on error: the caller must release them to unmap
+            _views.extend(rd.views)
+    return DeviceRecord(records, minor, hflags, bytes(buf[FILE_HEADER_LEN:header_len]))
+
+
+# ---------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------
+def _hdr(rtype: int, length: int, flags: int) -> bytes:
+    return _S_HDR.pack(rtype, length, flags)
+
+
+def _cstring(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if b"\x00" in b:
+        raise ValueError(f"string {s!r} contains a NUL")
+    return b + b"\x00"
+
+
+def _join(parts: list[bytes]) -> bytes:
+    """Sub-records one after another, 8-aligned, no padding after the last."""
+    out = bytearray()
+    for p in parts:
+        out += _ZEROS[:_align(len(out)) - len(out)]
+        out += p
+    return bytes(out)
+
+
+def _encode(r) -> bytes:
+    t = type(r)
+    if t is Region:
+        body = _join([_encode(c) for c in r.children])
+        return _S_REGION.pack(REGION, _S_REGION.size + len(body), r.flags, r.index, r.offset, r.size, r.addr) + body
+    if t is RegionData:
+        return _S_DATA.pack(REGION_DATA, _S_DATA.size + len(r.data), r.flags, 0, r.offset) + bytes(r.data)
+    if t is Interrupt:
+        body = _join([_encode(c) for c in r.children])
+        return _S_INTERRUPT.pack(INTERRUPT, _S_INTERRUPT.size + len(body), r.flags, r.index, r.count, 0) + body
+    if t is DtPath or t is Note:
+        s = _cstring(r.path if t is DtPath else r.text)
+        return _hdr(t.type, RECORD_HEADER_LEN + len(s), r.flags) + s
+    if t is DtIndex:
+        return _S_DTINDEX.pack(DTINDEX, _S_DTINDEX.size, r.flags, r.prop_type, r.prop_index)
+    if t is PciConfigSpace:
+        return _hdr(PCI_CONFIG_SPACE, RECORD_HEADER_LEN, r.flags)
+    if t is PciBarInfo:
+        return _S_BAR.pack(PCI_BAR_INFO, _S_BAR.size, r.flags, r.bar_type, r.bar_index)
+    if t is RegionInfo:
+        return _S_REGINFO.pack(REGION_INFO, _S_REGINFO.size + len(r.caps), r.flags, r.vfio_flags) + bytes(r.caps)
+    if t is PciInfo:
+        return _S_PCI.pack(PCI_INFO, _S_PCI.size, r.flags, r.domain, r.bus, r.device, r.function, 0)
+    if t is DeviceInfo:
+        return _S_DEVINFO.pack(DEVICE_INFO, _S_DEVINFO.size + len(r.caps), r.flags, r.vfio_flags,
+                               r.num_regions, r.num_irqs) + bytes(r.caps)
+    if t is UnknownRecord:
+        return bytes(r.raw)
+    raise TypeError(f"not a record: {r!r}")
+
+
+def write(rec: DeviceRecord, *, validate: bool = True) -> bytes:
+    """Encode ``rec``.  With ``validate`` (the default) the result is parsed
+    back, so a model that breaks the format (duplicate indexes, data outside a
+    region, ...) is refused here rather than written."""
+    if len(rec.header_extra) % ALIGN:
+        raise ValueError(f"header_extra is {len(rec.header_extra)} bytes, not a multiple of {ALIGN}")
+    try:
+        body = bytearray()
+        for r in rec.records:
+            body += _encode(r)
+            body += _ZEROS[:_align(len(body)) - len(body)]
+        header_len = FILE_HEADER_LEN + len(rec.header_extra)
+        head = _S_FILE.pack(MAGIC, VERSION_MAJOR, rec.version_minor, rec.header_flags, header_len, 0,
+                            header_len + len(body))
+    except struct.error as e:
+        raise ValueError(f"a field does not fit its record layout: {e}") from None
+    out = head + bytes(rec.header_extra) + bytes(body)
+    if validate:
+        try:
+            parse(out, max_size=max(len(out), DEFAULT_MAX_FILE_SIZE))
+        except RecordFormatError as e:
+            raise ValueError(f"refusing to write an invalid record file: {e}") from None
+    return out
+
+
+# ---------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------
+def load(path, *, max_size: int = DEFAULT_MAX_FILE_SIZE) -> DeviceRecord:
+    """Read and parse a record file (its size is checked before it is read)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_size:
+            raise RecordFormatError(0, None, f"file is {size} bytes, larger than the limit of {max_size}", path)
+        data = f.read(size + 1)
+    return parse(data, path=path, max_size=max_size)
+
+
+def save(rec: DeviceRecord, path) -> None:
+    """Write ``rec`` to ``path`` (through a temporary file, renamed into place)."""
+    path = os.fspath(path)
+    data = write(rec)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class MappedRecord:
+    """A record file mapped read-only and parsed lazily: region data stay in the
+    page cache (memoryviews into the mapping) instead of being copied into
+    Python.  ``close()`` releases the views and the mapping; region data of
+    ``.record`` are unusable afterwards."""
+
+    def __init__(self, path, *, max_size: int = DEFAULT_MAX_FILE_SIZE):
+        self.path = os.fspath(path)
+        self._views: list[memoryview] = []
+        self._map = None
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_size:
+                raise RecordFormatError(0, None, f"file is {size} bytes, larger than the limit of {max_size}",
+                                        self.path)
+            if size == 0:
+                raise RecordFormatError(0, None, "truncated file header: empty file", self.path)
+            self._map = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+        try:
+            self.record = parse(self._map, path=self.path, lazy=True, max_size=max_size, _views=self._views)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for v in self._views:
+            v.release()
+        self._views = []
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
