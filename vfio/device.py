@@ -630,8 +630,20 @@ class Device:
 
     @property
     def regions(self) -> list:
-        """Every region the device reports (including empty ones, size 0)."""
-        return [self.region(i) for i in range(self.info.num_regions)]
+        """Every region the kernel describes, empty ones (size 0) included.
+
+        ``num_regions`` counts fixed indexes a device may not have: vfio-pci answers
+        EINVAL for the VGA region (index 8) of a device that is not VGA.  Those are
+        left out here; ``region(i)`` still raises for them.
+        """
+        out = []
+        for i in range(self.info.num_regions):
+            try:
+                out.append(self.region(i))
+            except VfioError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        return out
 
     @property
     def config(self) -> Region:

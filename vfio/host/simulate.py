@@ -20,8 +20,9 @@ rules of ``drivers/base/bus.c`` and ``drivers/pci/pci-driver.c`` (6.12):
   directory and ``dev/vfio/vfio``.
 
 Native drivers (which ID tables match) cannot be known from sysfs; by default
-a device's native driver is the one it was bound to when captured (unless that
-was a VFIO driver).  It is a simulation: the in-guest tests
+a device's native driver is the one named by ``DRIVER=`` in its captured
+``uevent`` file (unless that was a VFIO driver), which the simulation never
+rewrites.  It is a simulation: the in-guest tests
 (``tests/kernel/test_host_assign.py``) check the same sequences against the
 real kernel.
 """
@@ -33,7 +34,7 @@ import os
 import re
 
 from ..errors import VfioError
-from .sysfs import PCI_DEVICES, PCI_DRIVERS, Host, Sysfs
+from .sysfs import PCI_DEVICES, PCI_DRIVERS, Sysfs
 from .viability import VFIO_PCI_DRIVERS
 
 _DRIVER_FILES = ("bind", "unbind", "new_id", "remove_id")
@@ -51,9 +52,12 @@ class SimulatedSysfs(Sysfs):
         self.modprobed: list[str] = []
         if native is None:
             native = {}
-            for d in Host(sysfs=Sysfs(root)).devices():
-                if d.driver is not None and d.driver not in VFIO_PCI_DRIVERS and d.driver != "pci-stub":
-                    native[d.bdf] = [d.driver]
+            for bdf in self.listdir(PCI_DEVICES):
+                # the capture's uevent keeps DRIVER= as it was then; the simulation never rewrites it
+                uevent = self.read_optional(f"{PCI_DEVICES}/{bdf}/uevent") or ""
+                drv = dict(ln.split("=", 1) for ln in uevent.splitlines() if "=" in ln).get("DRIVER")
+                if drv and drv not in VFIO_PCI_DRIVERS and drv != "pci-stub":
+                    native[bdf] = [drv]
         self.native = {k: list(v) for k, v in native.items()}
 
     # ---- kernel state helpers ----------------------------------------------------

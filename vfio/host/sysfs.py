@@ -65,7 +65,10 @@ class Action:
         if self.kind == "write":
             return f"echo {self.value} > {self.path}" if self.value.strip() else f"echo > {self.path}"
         if self.kind == "chown":
-            return f"chown {self.value} {self.path}"
+            uid, gid = self.value.split(":")
+            if gid == "-1":
+                return f"chown {uid} {self.path}"
+            return f"chgrp {gid} {self.path}" if uid == "-1" else f"chown {self.value} {self.path}"
         return f"modprobe {self.value}"
 
 

@@ -84,6 +84,15 @@ def _note(source: str, extra: str = "") -> F.Note:
     return F.Note(f"captured by vfio-capture {source} on Linux {platform.release()} at {now}{extra}")
 
 
+def _read_registers(region, length: int) -> bytes:
+    """BAR contents one 32-bit access at a time: a bulk pread becomes 8-byte
+    accesses in the kernel, which registers such as edu's (below 0x80) answer
+    with all ones; 4 bytes is the width every device register accepts."""
+    n = length & ~3
+    out = b"".join(struct.pack("<I", region.read32(off)) for off in range(0, n, 4))
+    return out + (region.read(n, length - n) if length > n else b"")
+
+
 def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str = "") -> F.DeviceRecord:
     """Record what ``dev`` (a :class:`vfio.device.Device`) reports through VFIO."""
     info = dev.info
@@ -131,9 +140,10 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str
         if is_cfg:
             data = cfg
         elif ri.readable and ri.size:
-            want = ri.size if flags & F.REGION_ROM else min(bar_bytes, ri.size)
-            if want:
-                data = dev.region(index).read(0, want)
+            if flags & F.REGION_ROM:
+                data = dev.region(index).read(0, ri.size)
+            elif bar_bytes:
+                data = _read_registers(dev.region(index), min(bar_bytes, ri.size))
         if data:
             kids.append(F.RegionData(0, data))
         recs.append(F.Region(index, flags, ri.offset, ri.size, addr, kids))
@@ -233,3 +243,102 @@ def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
                "capabilities, dynamic MSI-X; RESET assumed from the sysfs reset attribute")
     recs.append(_note(f"from sysfs ({bdf})", missing))
     return F.DeviceRecord(recs)
+
+
+# ---------------------------------------------------------------------------
+# the kernel's answers to a fixed set of calls, for comparing replay with it
+# ---------------------------------------------------------------------------
+def _try(fn):
+    """Result of a backend call as JSON: hex bytes, an int, or {"errno": name}."""
+    try:
+        r = fn()
+    except OSError as e:
+        return {"errno": errno.errorcode.get(e.errno, str(e.errno))}
+    if isinstance(r, (bytes, bytearray)):
+        return bytes(r).hex()
+    if r is None or isinstance(r, int):
+        return r
+    r.close()           # an mmap: only whether it worked matters
+    return "mapped"
+
+
+def answers(dev) -> dict:
+    """Run the same calls on any Device (kernel or replay) and return what came back.
+
+    Only calls without lasting side effects: info at several argsz, unknown
+    indexes, config reads, refused writes and SET_IRQS, BAR sizing (restored),
+    mmaps.  ``tests/unit/test_record_shipped.py`` compares a replay's answers
+    with the kernel's, recorded by ``vfio-capture --answers`` in the same run.
+    """
+    from ..irq import EventFd
+    b = dev.backend
+    info = dev.info
+    out: dict = {"get_info": {a: _try(lambda a=a: b.get_info(a)) for a in (8, 16, 24, 256)}}
+    out["region_info"] = {f"{i}@{a}": _try(lambda i=i, a=a: b.get_region_info(i, a))
+                          for i in range(info.num_regions + 2) for a in (16, 32, 256)}
+    out["irq_info"] = {str(i): _try(lambda i=i: b.get_irq_info(i)) for i in range(info.num_irqs + 2)}
+    pread, pwrite, mm, irqs = {}, {}, {}, {}
+    for i in range(info.num_regions):
+        try:
+            ri = dev.region_info(i)
+        except VfioError:
+            continue
+        base = ri.offset
+        pread[f"{i}:end"] = _try(lambda: b.pread(base + ri.size, 4))
+        if ri.size and ri.mmappable:
+            pg = min(ri.size, 4096)
+            mm[f"{i}:0"] = _try(lambda: b.mmap(base, pg))
+            mm[f"{i}:past"] = _try(lambda: b.mmap(base + ((ri.size + 4095) & ~4095), 4096))
+        elif ri.size:
+            mm[f"{i}:0"] = _try(lambda: b.mmap(base, 4096))
+        if info.is_pci and i == uapi.VFIO_PCI_ROM_REGION_INDEX and ri.size:
+            pwrite["rom"] = _try(lambda: b.pwrite(base, b"\0\0\0\0"))
+        if info.is_pci and i == uapi.VFIO_PCI_CONFIG_REGION_INDEX:
+            pread["config"] = _try(lambda: b.pread(base, ri.size))
+            pread["config:straddle"] = _try(lambda: b.pread(base + ri.size - 2, 4))
+            pwrite["config:vendor"] = [_try(lambda: b.pwrite(base, b"\xff\xff")), _try(lambda: b.pread(base, 2))]
+            for bar in range(6):
+                off = base + 0x10 + 4 * bar
+                orig = b.pread(off, 4)
+                pwrite[f"config:bar{bar}"] = [_try(lambda: b.pwrite(off, b"\xff\xff\xff\xff")),
+                                              _try(lambda: b.pread(off, 4))]
+                b.pwrite(off, orig)
+    pread["past_last_region"] = _try(lambda: b.pread((info.num_regions + 1) << uapi.VFIO_PCI_OFFSET_SHIFT, 4))
+    # SET_IRQS requests the kernel refuses, and one INTx enable/disable pair
+    D, A = uapi, uapi
+    cases = {
+        "short_argsz": (bytes(D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0))[:16]
+                        + b"\0" * 4),
+        "bad_index": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, info.num_irqs, 0, 1),
+        "two_data_types": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | D.VFIO_IRQ_SET_DATA_BOOL
+                                          | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1, b"\1"),
+        "two_actions": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_MASK
+                                       | A.VFIO_IRQ_SET_ACTION_UNMASK, 0, 0, 1),
+        "start_past_count": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 5, 1),
+        "data_short": D.build_irq_set(D.VFIO_IRQ_SET_DATA_EVENTFD | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1),
+        "disable_intx_not_enabled": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0),
+        "mask_msi": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_MASK, 1, 0, 1),
+        "mask_intx_not_enabled": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_MASK, 0, 0, 1),
+    }
+    for name, buf in cases.items():
+        irqs[name] = _try(lambda buf=buf: b.set_irqs(bytes(buf)))
+    try:
+        intx = dev.irq_info(uapi.VFIO_PCI_INTX_IRQ_INDEX) if info.is_pci else None
+    except VfioError:
+        intx = None
+    if intx is not None and intx.count:
+        with EventFd("answers") as e:
+            trig = uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
+            irqs["intx_enable"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
+                trig, 0, 0, 1, uapi.irq_set_data_eventfds([e.fd])))))
+            irqs["msi_while_intx"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
+                trig, 1, 0, 1, uapi.irq_set_data_eventfds([e.fd])))))
+            irqs["intx_mask"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
+                uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_MASK, 0, 0, 1))))
+            irqs["intx_unmask"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
+                uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_UNMASK, 0, 0, 1))))
+            irqs["intx_disable"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
+                uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0))))
+    out.update(pread=pread, pwrite=pwrite, mmap=mm, set_irqs=irqs)
+    out["reset"] = _try(b.reset) if info.can_reset else None
+    return out

@@ -497,8 +497,9 @@ class _Reader:
         if b > a and self.buf[a:b] != _ZEROS[:b - a]:
             raise self.err(a, rtype, f"non-zero padding after the record ({b - a} bytes)")
 
-    def sequence(self, pos: int, end: int, parent: int, depth: int) -> list:
-        """Records from ``pos`` to ``end`` (a parent's end or the file's end)."""
+    def sequence(self, pos: int, end: int, parent: int, depth: int, where: list | None = None) -> list:
+        """Records from ``pos`` to ``end`` (a parent's end or the file's end);
+        their offsets are appended to ``where`` when given."""
         out = []
         buf = self.buf
         while pos < end:
@@ -513,6 +514,8 @@ class _Reader:
                 raise self.err(pos, rtype, f"rec_len {rec_len} runs {rend - end} bytes past the end of "
                                f"{'its parent ' + type_name(parent) if parent else 'the file'}")
             out.append(self.record(pos, rtype, rec_len, flags, parent, depth))
+            if where is not None:
+                where.append(pos)
             nxt = _align(rend)
             if parent:
                 if rend == end:
@@ -606,12 +609,11 @@ class _Reader:
         if index in self.region_indexes:
             raise self.err(pos, REGION, f"duplicate region index {index}")
         self.region_indexes.add(index)
-        kids = self.sequence(pos + _S_REGION.size, pos + rec_len, REGION, depth + 1)
-        # per-region checks need the sub-records' offsets: walk again alongside
+        where: list[int] = []
+        kids = self.sequence(pos + _S_REGION.size, pos + rec_len, REGION, depth + 1, where)
         seen = set()
         spans = []
-        cpos = pos + _S_REGION.size
-        for kid in kids:
+        for kid, cpos in zip(kids, where):
             kt = kid.type
             if kt in _SINGLE_IN_REGION:
                 if kt in seen:
@@ -625,7 +627,6 @@ class _Reader:
                     raise self.err(cpos, kt, f"data [{kid.offset:#x}, +{len(kid.data):#x}) outside region "
                                    f"{index} ({size:#x} bytes)")
                 spans.append((kid.offset, kid.offset + len(kid.data), cpos))
-            cpos = _align(cpos + _S_HDR.unpack_from(self.buf, cpos)[1])
         spans.sort()
         for (a0, a1, _), (b0, _b1, boff) in zip(spans, spans[1:]):
             if b0 < a1:

@@ -72,6 +72,7 @@ _DEVICE_INFO_MINSZ = 16                                       # offsetofend(num_
 _IRQ_INFO_SIZE = ctypes.sizeof(uapi.vfio_irq_info)            # 16
 _IRQ_SET_MINSZ = ctypes.sizeof(uapi.vfio_irq_set)             # 20
 _U32_MAX = 0xFFFFFFFF
+_PCI_OFFSET_MASK = (1 << uapi.VFIO_PCI_OFFSET_SHIFT) - 1
 _PCI_INTX, _PCI_MSI, _PCI_MSIX = (uapi.VFIO_PCI_INTX_IRQ_INDEX, uapi.VFIO_PCI_MSI_IRQ_INDEX,
                                   uapi.VFIO_PCI_MSIX_IRQ_INDEX)
 _DATA_SIZE = {uapi.VFIO_IRQ_SET_DATA_NONE: 0, uapi.VFIO_IRQ_SET_DATA_BOOL: 1, uapi.VFIO_IRQ_SET_DATA_EVENTFD: 4}
@@ -230,6 +231,13 @@ class ReplayBackend(DeviceBackend):
 
     # ---- regions ---------------------------------------------------------------
     def _locate(self, offset: int, what: str) -> tuple[Region, int]:
+        """The region an fd offset falls in and the offset inside it.  vfio-pci
+        dispatches on ``offset >> 40`` alone, so there the position may lie past
+        the region's end and the region's own handler decides the errno."""
+        if self._is_pci:
+            r = self._regions.get(offset >> uapi.VFIO_PCI_OFFSET_SHIFT)
+            if r is not None and r.offset == offset & ~_PCI_OFFSET_MASK:
+                return r, offset & _PCI_OFFSET_MASK
         for start, end, r in self._by_offset:
             if start <= offset < end:
                 return r, offset - start
@@ -275,6 +283,8 @@ class ReplayBackend(DeviceBackend):
         if not r.vfio_flags & need or (write and self._is_rom(r)):
             raise self._err(errno.EINVAL, f"{what}: region {r.index} is not {'writable' if write else 'readable'}")
         if pos + length > r.size:
+            if pos >= r.size and not self._is_config(r):
+                raise self._err(errno.EINVAL, f"{what}: past the end of region {r.index} ({r.size:#x} bytes)")
             if self._is_config(r):
                 raise self._err(errno.EFAULT, f"{what}: past the end of config space ({r.size:#x} bytes)")
             # the kernel does a short access; KernelBackend reports that as EIO

@@ -1,0 +1,519 @@
+"""vfio-inspect: what this host offers for VFIO, and what a device exposes.
+
+    vfio-inspect                      # interfaces, IOMMU groups, devices, viability
+    vfio-inspect 0000:00:04.0         # + config space decoded; + VFIO regions/IRQs if on vfio-pci
+    vfio-inspect 1b36:0010            # every device with these IDs
+    vfio-inspect nvme.vfiorec         # a record file: the device as it was captured
+    vfio-inspect --json [...]         # the same as JSON (docs/vfio-inspect-json.md)
+    vfio-inspect --watch [--json]     # stream PCI add/remove/bind/unbind events
+    vfio-inspect --root DIR           # a captured tree (tools/capture-sysfs) instead of /
+
+Exit status: 0 everything shown; 1 an error stopped the output (I/O error,
+the kernel refused); 2 bad arguments (unknown device, malformed BDF, not a
+record file); 3 shown, but some part could not be read -- the reason is
+printed in its place (e.g. the device is on vfio-pci but its group could not
+be opened); 130 interrupted (--watch ends this way).
+
+The listing answers, for every device: which IOMMU group, which driver, can
+the group go to userspace now (viability, see :mod:`vfio.host.viability`) and
+why not, and whether it is busy (:mod:`vfio.host.inuse`).  Config space is
+decoded by :mod:`vfio.pci.config` (this module only lays it out); VFIO
+regions and IRQs come from :func:`vfio.open_pci_device` or, for a record file,
+from :func:`vfio.record.replay.open_replay` -- the same :class:`vfio.device.Device`
+either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+
+from .inuse import interfaces_of, usage_of
+from .sysfs import PCI_DEVICES, Host, HostError, PciDevice
+from .viability import VFIO_PCI_DRIVERS, Viability, group_viability
+
+SCHEMA = "vfio-inspect/1"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+REGION_NAMES = {0: "BAR0", 1: "BAR1", 2: "BAR2", 3: "BAR3", 4: "BAR4", 5: "BAR5",
+                6: "ROM", 7: "CONFIG", 8: "VGA"}
+CAPTURED_TREE = "captured tree: the device cannot be opened"
+IRQ_NAMES = {0: "INTx", 1: "MSI", 2: "MSI-X", 3: "ERR", 4: "REQ"}
+
+
+# ---------------------------------------------------------------------------------------
+# Names from the PCI ID database (vfio.pci.ids); numbers always stay visible
+# ---------------------------------------------------------------------------------------
+
+class Names:
+    """Vendor, device and class names, or None where the database has none.
+
+    ``available`` is False (and ``why`` says why) when :mod:`vfio.pci.ids`
+    cannot be used; the output then shows numbers only and says so."""
+
+    def __init__(self):
+        self.why = ""
+        try:
+            from ..pci import ids
+        except ImportError:
+            self.db = None
+            self.why = "PCI ID names unavailable: no vfio.pci.ids module"
+            return
+        try:
+            self.db = ids.default_database() if hasattr(ids, "default_database") else ids
+        except (OSError, ValueError) as e:
+            self.db = None
+            self.why = f"PCI ID names unavailable: {e}"
+
+    @property
+    def available(self) -> bool:
+        return self.db is not None
+
+    def _call(self, fn, *a):
+        if self.db is None or not hasattr(self.db, fn):
+            return None
+        return getattr(self.db, fn)(*a)
+
+    def vendor(self, v: int) -> str | None:
+        return self._call("vendor_name", v)
+
+    def device(self, v: int, d: int) -> str | None:
+        return self._call("device_name", v, d)
+
+    def subsystem(self, v: int, d: int, sv: int, sd: int) -> str | None:
+        return self._call("subsystem_name", v, d, sv, sd)
+
+    def klass(self, code: int) -> str | None:
+        return self._call("class_name", code)
+
+
+# ---------------------------------------------------------------------------------------
+# Building the report (plain dicts: the JSON document, and what the text is made from)
+# ---------------------------------------------------------------------------------------
+
+def _flag_names(value: int, table: dict) -> list[str]:
+    return [name for bit, name in table.items() if value & bit]
+
+
+def interfaces_report(host: Host) -> dict:
+    info = host.interfaces()
+    return {
+        "container": info["container"],
+        "cdev": info["cdev"],
+        "noiommu_groups": info["noiommu_groups"],
+        "groups_with_nodes": info["groups"],
+        "noiommu_mode": info["noiommu_mode"],
+    }
+
+
+def device_summary(host: Host, dev: PciDevice, names: Names, viab: dict) -> dict:
+    v = viab.get(dev.iommu_group)
+    if dev.iommu_group is None:
+        viable, why = False, "no IOMMU group (no IOMMU, or not enabled)"
+    else:
+        viable, why = v.viable, v.why_not()
+    below = interfaces_of(host, dev)
+    return {
+        "bdf": dev.bdf,
+        "vendor_id": dev.vendor, "device_id": dev.device,
+        "subsystem_vendor_id": dev.subsystem_vendor, "subsystem_device_id": dev.subsystem_device,
+        "class_code": dev.class_code, "revision": dev.revision,
+        "vendor_name": names.vendor(dev.vendor), "device_name": names.device(dev.vendor, dev.device),
+        "class_name": names.klass(dev.class_code),
+        "driver": dev.driver, "driver_override": dev.driver_override,
+        "iommu_group": dev.iommu_group, "parent": dev.parent,
+        "viable": viable, "why_not_viable": why,
+        "in_use": [{"kind": u.kind, "what": u.what, "detail": u.detail} for u in usage_of(host, dev)],
+        "block_devices": below["block"], "net_interfaces": below["net"],
+        "boot_vga": dev.boot_vga, "numa_node": dev.numa_node,
+    }
+
+
+def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True) -> dict:
+    names = names or Names()
+    groups = host.groups()
+    viab: dict[str, Viability] = {g.number: group_viability(host, g, ask_kernel) for g in groups}
+    return {
+        "schema": SCHEMA,
+        "kind": "host",
+        "iommu": bool(groups),
+        "interfaces": interfaces_report(host),
+        "names": {"available": names.available, "note": names.why},
+        "groups": [{"group": g.number, "type": g.type, "devices": g.bdfs,
+                    "viable": viab[g.number].viable, "viability_source": viab[g.number].source,
+                    "why_not_viable": viab[g.number].why_not(), "note": viab[g.number].note}
+                   for g in groups],
+        "devices": [device_summary(host, d, names, viab) for d in host.devices()],
+    }
+
+
+def bar_sizes(host: Host, bdf: str) -> dict[int, int]:
+    """BAR sizes from sysfs ``resource`` (start end flags per line: BAR0..5, then ROM)."""
+    text = host.sysfs.read_optional(f"{PCI_DEVICES}/{bdf}/resource") or ""
+    out = {}
+    for i, line in enumerate(text.splitlines()[:6]):
+        f = line.split()
+        if len(f) >= 2:
+            start, end = int(f[0], 16), int(f[1], 16)
+            if end > start:
+                out[i] = end - start + 1
+    return out
+
+
+def config_report(data: bytes, sizes: dict | None = None, source: str | None = None) -> dict:
+    from ..pci.config import ConfigSpace, ConfigSpaceError
+    try:
+        cs = ConfigSpace(data, allow_short=True, bar_sizes=sizes, source=source)
+        return cs.to_dict(strict=False)
+    except ConfigSpaceError as e:
+        return {"error": str(e), "offset": e.offset, "raw": bytes(data).hex()}
+
+
+def vfio_report(dev) -> dict:
+    """Regions and IRQ indexes of an open :class:`vfio.device.Device`."""
+    from .. import uapi
+    rflags = {uapi.VFIO_REGION_INFO_FLAG_READ: "read", uapi.VFIO_REGION_INFO_FLAG_WRITE: "write",
+              uapi.VFIO_REGION_INFO_FLAG_MMAP: "mmap", uapi.VFIO_REGION_INFO_FLAG_CAPS: "caps"}
+    iflags = {uapi.VFIO_IRQ_INFO_EVENTFD: "eventfd", uapi.VFIO_IRQ_INFO_MASKABLE: "maskable",
+              uapi.VFIO_IRQ_INFO_AUTOMASKED: "automasked", uapi.VFIO_IRQ_INFO_NORESIZE: "noresize"}
+    dflags = {uapi.VFIO_DEVICE_FLAGS_RESET: "reset", uapi.VFIO_DEVICE_FLAGS_PCI: "pci",
+              uapi.VFIO_DEVICE_FLAGS_PLATFORM: "platform", uapi.VFIO_DEVICE_FLAGS_CAPS: "caps"}
+    info = dev.info
+    regions = []
+    for i in range(info.num_regions):
+        try:
+            r = dev.region_info(i)
+        except OSError as e:
+            regions.append({"index": i, "name": REGION_NAMES.get(i), "error": str(e)})
+            continue
+        caps = []
+        for c in r.caps:
+            d = {"type": type(c).__name__, "id": c.id, "version": c.version}
+            if hasattr(c, "areas"):
+                d["areas"] = [list(a) for a in c.areas]
+            if hasattr(c, "subtype"):
+                d["region_type"], d["region_subtype"] = c.type, c.subtype
+            if hasattr(c, "data"):
+                d["data"] = bytes(c.data).hex()
+            caps.append(d)
+        regions.append({"index": i, "name": REGION_NAMES.get(i) if info.is_pci else None,
+                        "flags": r.flags, "flag_names": _flag_names(r.flags, rflags),
+                        "size": r.size, "offset": r.offset, "caps": caps})
+    irqs = []
+    for i in range(info.num_irqs):
+        try:
+            q = dev.irq_info(i)
+        except OSError as e:
+            # e.g. ERR on a conventional PCI device: EINVAL although num_irqs counts it
+            irqs.append({"index": i, "name": IRQ_NAMES.get(i) if info.is_pci else None, "error": str(e)})
+            continue
+        irqs.append({"index": i, "name": IRQ_NAMES.get(i) if info.is_pci else None, "count": q.count,
+                     "flags": q.flags, "flag_names": _flag_names(q.flags, iflags)})
+    return {"interface": getattr(dev, "interface", None), "flags": info.flags,
+            "flag_names": _flag_names(info.flags, dflags), "num_regions": info.num_regions,
+            "num_irqs": info.num_irqs, "regions": regions, "irqs": irqs}
+
+
+def open_vfio(bdf: str):
+    """Open a device bound to vfio-pci on the live host (see :func:`vfio.open_pci_device`)."""
+    import vfio
+    return vfio.open_pci_device(bdf)
+
+
+def device_report(host: Host, dev: PciDevice, names: Names | None = None, ask_kernel: bool = True) -> dict:
+    """Summary + decoded config space + (on vfio-pci, live host) VFIO regions and IRQs."""
+    names = names or Names()
+    viab = {}
+    if dev.iommu_group is not None:
+        viab[dev.iommu_group] = group_viability(host, host.group(dev.iommu_group), ask_kernel)
+    out = device_summary(host, dev, names, viab)
+    out["subsystem_name"] = names.subsystem(dev.vendor, dev.device, dev.subsystem_vendor, dev.subsystem_device)
+    try:
+        data = host.config(dev.bdf)
+        out["config"] = config_report(data, bar_sizes(host, dev.bdf), host.sysfs.shown(f"{PCI_DEVICES}/{dev.bdf}/config"))
+    except OSError as e:
+        out["config"] = {"error": str(e)}
+    out["vfio"] = None
+    out["vfio_error"] = None
+    if dev.driver in VFIO_PCI_DRIVERS:
+        if host.root != "/":
+            out["vfio_error"] = CAPTURED_TREE
+        else:
+            try:
+                with open_vfio(dev.bdf) as vdev:
+                    out["vfio"] = vfio_report(vdev)
+            except OSError as e:
+                out["vfio_error"] = str(e)
+    return out
+
+
+def record_report(path: str, names: Names | None = None) -> dict:
+    """A record file shown like a device: config space, regions, IRQs."""
+    from ..record.replay import open_replay
+    names = names or Names()
+    with open_replay(path) as dev:
+        rep = {"schema": SCHEMA, "kind": "record", "file": path, "vfio": vfio_report(dev)}
+        if dev.info.is_pci:
+            from .. import uapi
+            cfg = dev.region(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
+            data = cfg.read(0, cfg.info.size)
+            sizes = {i: dev.region_info(i).size for i in range(min(6, dev.info.num_regions))}
+            rep["config"] = config_report(data, {i: s for i, s in sizes.items() if s}, path)
+            c = rep["config"]
+            if "vendor_id" in c:
+                rep["vendor_name"] = names.vendor(c["vendor_id"])
+                rep["device_name"] = names.device(c["vendor_id"], c["device_id"])
+                rep["class_name"] = names.klass(c["class_code"])
+    return rep
+
+
+# ---------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------
+
+def _yn(b) -> str:
+    return "yes" if b else "no"
+
+
+def _ident(d: dict) -> str:
+    cls = f"{d['class_name']} [{d['class_code'] >> 8:04x}]" if d.get("class_name") else f"[{d['class_code'] >> 8:04x}]"
+    vn, dn = d.get("vendor_name"), d.get("device_name")
+    name = " ".join(x for x in (vn, dn) if x) or "(unknown)"
+    rev = f" (rev {d['revision']:02x})" if d.get("revision") else ""
+    return f"{cls}: {name} [{d['vendor_id']:04x}:{d['device_id']:04x}]{rev}"
+
+
+def render_interfaces(rep: dict, out) -> None:
+    i = rep["interfaces"]
+    print("VFIO interfaces on this host:", file=out)
+    print(f"  legacy container  /dev/vfio/vfio:                {_yn(i['container'])}", file=out)
+    print(f"  cdev + iommufd    /dev/vfio/devices, /dev/iommu: {_yn(i['cdev'])}", file=out)
+    nm = i["noiommu_mode"]
+    mode = "" if nm is None else f" (no-IOMMU mode {'ON: unsafe' if nm else 'off'})"
+    print(f"  no-IOMMU groups   /dev/vfio/noiommu-N:           "
+          f"{', '.join(i['noiommu_groups']) or 'none'}{mode}", file=out)
+    if not rep["iommu"]:
+        print("IOMMU: none -- the kernel made no IOMMU groups (no IOMMU, or not enabled with "
+              "intel_iommu=on / amd_iommu=on).  No device can be assigned safely; VFIO would "
+              "need no-IOMMU mode, which gives userspace unrestricted DMA.", file=out)
+
+
+def render_host(rep: dict, out) -> None:
+    render_interfaces(rep, out)
+    if not rep["names"]["available"]:
+        print(f"({rep['names']['note']})", file=out)
+    devs = {d["bdf"]: d for d in rep["devices"]}
+
+    def line(d):
+        extra = [f"driver: {d['driver'] or 'none'}"]
+        if d["driver_override"]:
+            extra.append(f"override: {d['driver_override']}")
+        if d["in_use"]:
+            extra.append("IN USE: " + "; ".join(u["detail"].split(": ", 1)[-1] for u in d["in_use"]))
+        return f"  {d['bdf']} {_ident(d)}  " + ", ".join(extra)
+
+    for g in rep["groups"]:
+        src = " (kernel)" if g["viability_source"] == "kernel" else ""
+        head = f"\nIOMMU group {g['group']}" + (f" [{g['type']}]" if g["type"] else "") + ": "
+        head += f"viable{src}" if g["viable"] else f"not viable{src}: {g['why_not_viable']}"
+        if g["note"]:
+            head += f" ({g['note']})"
+        print(head, file=out)
+        for b in g["devices"]:
+            print(line(devs[b]), file=out)
+    loose = [d for d in rep["devices"] if d["iommu_group"] is None]
+    if loose:
+        print("\nDevices without an IOMMU group:", file=out)
+        for d in loose:
+            print(line(d), file=out)
+
+
+_REGISTER_SUFFIXES = ("ctl", "cap", "sta", "control", "status", "flags", "mask", "severity",
+                      "vector", "command", "pmc", "pmcsr", "offset", "capability")
+
+
+def _render_fields(fields: dict, out, indent: str) -> None:
+    parts = []
+    for k, v in fields.items():
+        if isinstance(v, dict):
+            v = ",".join(f"{a}{'+' if b is True else '-' if b is False else '=' + str(b)}" for a, b in v.items())
+        elif isinstance(v, bool):
+            v = "+" if v else "-"
+        elif isinstance(v, int) and (v > 255 or (v > 9 and k.endswith(_REGISTER_SUFFIXES))):
+            v = hex(v)          # registers and offsets read best in hex, quantities in decimal
+        parts.append(f"{k}={v}")
+    line = indent
+    for p in parts:
+        if len(line) + len(p) > 100 and line.strip():
+            print(line.rstrip(), file=out)
+            line = indent
+        line += p + " "
+    if line.strip():
+        print(line.rstrip(), file=out)
+
+
+def render_config(c: dict, out) -> None:
+    if "error" in c and "vendor_id" not in c:
+        print(f"  config space: cannot decode: {c['error']}", file=out)
+        return
+    print(f"  config space: {c['length']} bytes" + ("" if c["length"] >= 256 else
+          " (header only: run as root for capabilities)"), file=out)
+    flags = " ".join(f"{k}{'+' if v else '-'}" for k, v in c["command_flags"].items())
+    print(f"    Control: {flags}", file=out)
+    st = " ".join(f"{k}{'+' if v is True else '-' if v is False else '=' + str(v)}"
+                  for k, v in c["status_flags"].items())
+    print(f"    Status: {st}", file=out)
+    print(f"    header type {c['header_type']:#04x}{' multi-function' if c['multifunction'] else ''}, "
+          f"interrupt pin {c['interrupt_pin']} line {c['interrupt_line']}", file=out)
+    bars = c.get("bars")
+    if isinstance(bars, dict):
+        print(f"    BARs: cannot decode: {bars['error']}", file=out)
+    else:
+        for b in bars or []:
+            size = f" [size={b['size']:#x}]" if b.get("size") else ""
+            pf = " prefetchable" if b["prefetchable"] else ""
+            print(f"    BAR{b['index']}: {b['kind']}{pf} at {b['address']:#x}{size}", file=out)
+    rom = c.get("rom")
+    if rom:
+        size = f" [size={rom['size']:#x}]" if rom.get("size") else ""
+        print(f"    Expansion ROM at {rom['address']:#x} [{'enabled' if rom['enabled'] else 'disabled'}]{size}", file=out)
+    for key, title in (("capabilities", "Capabilities"), ("extended_capabilities", "Extended capabilities")):
+        caps = c.get(key)
+        if isinstance(caps, dict):
+            print(f"    {title}: list corrupt: {caps['error']}", file=out)
+            continue
+        for cap in caps or []:
+            name = cap["name"] or f"unknown {'capability' if key == 'capabilities' else 'extended capability'} {cap['id']:#x}"
+            ver = f" v{cap['version']}" if "version" in cap else ""
+            print(f"    [{cap['offset']:#05x}] {name}{ver}", file=out)
+            _render_fields(cap["fields"], out, "        ")
+
+
+def render_vfio(v: dict, out) -> None:
+    print(f"  VFIO (opened through: {v['interface']}): flags {v['flags']:#x} "
+          f"[{' '.join(v['flag_names'])}], {v['num_regions']} regions, {v['num_irqs']} IRQ indexes", file=out)
+    for r in v["regions"]:
+        name = f" {r['name']}" if r.get("name") else ""
+        if "error" in r:
+            print(f"    region {r['index']}{name}: {r['error']}", file=out)
+            continue
+        if not r["size"]:
+            print(f"    region {r['index']}{name}: empty", file=out)
+            continue
+        caps = "".join(f" {c['type']}" + (f"{c['areas']}" if "areas" in c else "") for c in r["caps"])
+        print(f"    region {r['index']}{name}: size {r['size']:#x} at offset {r['offset']:#x} "
+              f"[{' '.join(r['flag_names'])}]{caps}", file=out)
+    for q in v["irqs"]:
+        name = f" {q['name']}" if q.get("name") else ""
+        if "error" in q:
+            print(f"    irq {q['index']}{name}: {q['error']}", file=out)
+        else:
+            print(f"    irq {q['index']}{name}: count {q['count']} [{' '.join(q['flag_names'])}]", file=out)
+
+
+def render_device(d: dict, out) -> None:
+    print(f"\n{d['bdf']} {_ident(d)}", file=out)
+    sub = d.get("subsystem_name")
+    print(f"  subsystem: {sub + ' ' if sub else ''}[{d['subsystem_vendor_id']:04x}:{d['subsystem_device_id']:04x}]", file=out)
+    print(f"  driver: {d['driver'] or 'none'}" + (f" (override: {d['driver_override']})" if d["driver_override"] else ""), file=out)
+    print(f"  IOMMU group: {d['iommu_group'] if d['iommu_group'] is not None else 'none'}; "
+          + ("viable" if d["viable"] else f"not viable: {d['why_not_viable']}"), file=out)
+    for u in d["in_use"]:
+        print(f"  in use: {u['detail']}", file=out)
+    if d["block_devices"] or d["net_interfaces"]:
+        print(f"  below it: {' '.join(d['block_devices'] + d['net_interfaces'])}", file=out)
+    render_config(d["config"], out)
+    if d["vfio"]:
+        render_vfio(d["vfio"], out)
+    elif d["vfio_error"]:
+        print(f"  VFIO: cannot open: {d['vfio_error']}", file=out)
+
+
+def render_record(rep: dict, out) -> None:
+    print(f"record file {rep['file']}", file=out)
+    c = rep.get("config")
+    if c and "vendor_id" in c:
+        d = {"class_name": rep.get("class_name"), "class_code": c["class_code"], "vendor_name": rep.get("vendor_name"),
+             "device_name": rep.get("device_name"), "vendor_id": c["vendor_id"], "device_id": c["device_id"],
+             "revision": c["revision"]}
+        print(f"  {_ident(d)}", file=out)
+    if c:
+        render_config(c, out)
+    render_vfio(rep["vfio"], out)
+
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vfio-inspect", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("targets", nargs="*", metavar="BDF|VENDOR:DEVICE|RECORD_FILE")
+    ap.add_argument("--json", action="store_true", help="JSON output (schema vfio-inspect/1)")
+    ap.add_argument("--watch", action="store_true", help="stream PCI add/remove/bind/unbind events")
+    ap.add_argument("--count", type=int, help="with --watch: stop after this many events")
+    ap.add_argument("--timeout", type=float, help="with --watch: stop after this many seconds")
+    ap.add_argument("--root", default="/", help="system root (a captured tree; default /)")
+    ap.add_argument("--no-kernel", action="store_true",
+                    help="predict viability from drivers only (do not open /dev/vfio/N)")
+    return ap
+
+
+def main(argv=None, out=None) -> int:
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)
+    if args.watch:
+        from .watch import watch_main
+        return watch_main(args, out)
+    host = Host(args.root)
+    names = Names()
+    try:
+        reports = []
+        if not args.targets:
+            reports.append(host_report(host, names, not args.no_kernel))
+        for t in args.targets:
+            if os.path.isfile(t):
+                reports.append(record_report(t, names))
+                continue
+            if "/" in t:
+                raise HostError(f"{t}: no such file")
+            for dev in host.find(t):
+                r = device_report(host, dev, names, not args.no_kernel)
+                r.update(schema=SCHEMA, kind="device")
+                reports.append(r)
+    except HostError as e:
+        print(f"vfio-inspect: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:          # a malformed record file (RecordFormatError) or config dump
+        print(f"vfio-inspect: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"vfio-inspect: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        doc = reports[0] if len(reports) == 1 else {"schema": SCHEMA, "kind": "list", "items": reports}
+        json.dump(doc, out, indent=1)
+        out.write("\n")
+    else:
+        for r in reports:
+            {"host": render_host, "device": render_device, "record": render_record}[r["kind"]](r, out)
+    return EXIT_PARTIAL if any(_incomplete(r) for r in reports) else EXIT_OK
+
+
+def _incomplete(r: dict) -> bool:
+    """True when part of a report could not be read (shown in place as an error)."""
+    if r.get("vfio_error") and r["vfio_error"] != CAPTURED_TREE:
+        return True
+    cfg = r.get("config") or {}
+    return "error" in cfg or any(isinstance(v, dict) and "error" in v for v in cfg.values())
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
