@@ -334,6 +334,8 @@ class Region:
         return f"Region({self.device.name} index {self.index}, size {self.size:#x}, flags {self.info.flags:#x})"
 
     def _check(self, offset: int, length: int, write: bool) -> None:
+        if self.device.closed:
+            raise RegionAccessError(f"region {self.index} of {self.device.name}: the device is closed")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise RegionAccessError(f"region {self.index} of {self.device.name}: access of {length} bytes "
                                     f"at {offset:#x} is outside its {self.size:#x} bytes")
@@ -429,6 +431,8 @@ class MappedRegion:
         return [(s, e - s) for s, e, _, _ in self._areas]
 
     def _addr(self, offset: int, w: int):
+        if not self._areas:
+            raise RegionAccessError(f"region {self.region.index} of {self.region.device.name}: mapping is closed")
         if offset < 0 or offset + w > self.size:
             raise RegionAccessError(f"region {self.region.index} of {self.region.device.name}: "
                                     f"{w}-byte access at {offset:#x} is outside its {self.size:#x} bytes")

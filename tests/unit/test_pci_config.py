@@ -461,6 +461,10 @@ def test_short_sysfs_read_decodes_header_only():
     with pytest.raises(ConfigSpaceError, match="64 bytes available") as e:
         cs.capabilities
     assert e.value.offset == 0x40 and "0000:00:04.0" in str(e.value)
+    d = cs.to_dict()    # strict: a header-only read is not an error, the lists are just absent
+    assert d["header_only"] and d["capabilities"] is None and d["extended_capabilities"] is None
+    assert d["bars"][0]["address"] == 0xFE000000
+    assert ConfigSpace(bytes(full.b)).to_dict()["header_only"] is False
     with pytest.raises(ConfigSpaceError, match="shorter than the 64-byte"):
         ConfigSpace(bytes(32), allow_short=True)
 

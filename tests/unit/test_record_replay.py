@@ -209,6 +209,7 @@ def test_set_irqs_validation(dev):
     einval(s(uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_MASK, 0, 0, 1))  # INTx not enabled
     einval(lambda: dev.disable_irq(0))                                               # nothing enabled
     einval(s(TRIG, 0, 0, 1, struct.pack("<i", 10_000)), errno.EBADF)
+    einval(lambda: b.set_irqs(struct.pack("<IIIIIi", 16, TRIG, 0, 0, 1, -1)))               # argsz < minsz
     assert b.irq_log == []
 
 

@@ -340,9 +340,11 @@ class Assigner:
             raise HostError(f"{bdf} did not bind to {drv} after drivers_probe (driver now: {now or 'none'})")
 
     # ---- release ---------------------------------------------------------------------
-    def plan_release(self, specs, state: dict) -> Plan:
+    def plan_release(self, specs, state: dict, force: bool = False) -> Plan:
         """Steps that put devices recorded in ``state`` back on their original drivers.
-        ``specs`` None means every recorded device."""
+        ``specs`` None means every recorded device.  Refuses (unless ``force``)
+        while a group is held open: unbinding a device in use by a VMM blocks
+        in the kernel until the VMM lets go."""
         recorded = state["devices"]
         if specs is None:
             bdfs = sorted(recorded)
@@ -355,6 +357,8 @@ class Assigner:
                                                 f"(no record in {self.state_path})")
                     bdfs.append(d.bdf)
         plan = Plan("release")
+        if not force:
+            self._refuse_open_groups(bdfs)
         for bdf in sorted(set(bdfs)):
             rec = recorded[bdf]
             d = self.host.device(bdf)
@@ -375,6 +379,24 @@ class Assigner:
                                        lambda b=bdf, o=orig: self._check_on(b, o),
                                        lambda b=bdf: self._ensure_unbound(b)))
         return plan
+
+    def _refuse_open_groups(self, bdfs) -> None:
+        if self.host.root != "/":
+            return                    # a captured tree has placeholder nodes only
+        busy = []
+        for g in sorted({self.host.device(b).iommu_group for b in bdfs} - {None}):
+            node = self.host.sysfs.path(f"dev/vfio/{g}")
+            try:
+                fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                # a group can be open once: EBUSY means a VMM or driver holds it
+                if e.errno == errno.EBUSY:
+                    busy.append(f"/dev/vfio/{g}")
+                continue
+            os.close(fd)
+        if busy:
+            raise AssignmentRefused(f"{', '.join(busy)} held open by another process (a VMM?): "
+                                    "unbinding would block until it lets go; close it first or pass --force")
 
     # ---- carrying out ------------------------------------------------------------------
     def execute(self, plan: Plan) -> None:
@@ -442,12 +464,12 @@ class Assigner:
                 st.save(state)
             return plan
 
-    def release(self, specs=None, dry_run: bool = False) -> Plan:
+    def release(self, specs=None, dry_run: bool = False, force: bool = False) -> Plan:
         """Put devices back on their original drivers and forget them (``specs``
         None: every recorded device)."""
         with StateFile(self.state_path, self.wait) as st:
             state = st.load()
-            plan = self.plan_release(specs, state)
+            plan = self.plan_release(specs, state, force)
             if dry_run:
                 return plan
             self.execute(plan)

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("release", parents=[common], help="put assigned devices back on their original drivers")
     r.add_argument("devices", nargs="*", metavar="BDF|VENDOR:DEVICE")
     r.add_argument("--all", action="store_true", help="every device recorded in the state file")
+    r.add_argument("--force", action="store_true", help="release even while the group is held open")
     sub.add_parser("status", parents=[common], help="show the devices recorded as assigned")
     return ap
 
@@ -121,7 +122,7 @@ def main(argv=None, out=None) -> int:
             if not args.devices and not args.all:
                 print("vfio-assign release: name devices or pass --all", file=sys.stderr)
                 return EXIT_REFUSED
-            plan = assigner.release(None if args.all else args.devices, dry_run=args.dry_run)
+            plan = assigner.release(None if args.all else args.devices, dry_run=args.dry_run, force=args.force)
         else:
             state = assigner.status()
             if args.json:

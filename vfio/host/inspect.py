@@ -57,16 +57,20 @@ class Names:
     def __init__(self):
         self.why = ""
         try:
-            from ..pci import ids
+            from ..pci.ids import PciIds, PciIdsError
         except ImportError:
             self.db = None
             self.why = "PCI ID names unavailable: no vfio.pci.ids module"
             return
         try:
-            self.db = ids.default_database() if hasattr(ids, "default_database") else ids
-        except (OSError, ValueError) as e:
+            self.db = PciIds.default()
+        except (OSError, PciIdsError) as e:
             self.db = None
             self.why = f"PCI ID names unavailable: {e}"
+            return
+        if not len(self.db):
+            self.db = None
+            self.why = "PCI ID names unavailable: no pci.ids installed (apt-get install pci.ids)"
 
     @property
     def available(self) -> bool:

@@ -12,6 +12,9 @@
 
 from .config import (Bar, BridgeWindows, Capability, ConfigSpace, ConfigSpaceError, ExtCapability, Rom,
                      bar_size_from_mask, lspci_dump, walk_capabilities, walk_extended_capabilities)
+from .ids import PciIds
+from .vconfig import BarSpec, ConfigBacking, StateMismatchError, VirtualConfigSpace
 
-__all__ = ["Bar", "BridgeWindows", "Capability", "ConfigSpace", "ConfigSpaceError", "ExtCapability", "Rom",
-           "bar_size_from_mask", "lspci_dump", "walk_capabilities", "walk_extended_capabilities"]
+__all__ = ["Bar", "BarSpec", "BridgeWindows", "Capability", "ConfigBacking", "ConfigSpace", "ConfigSpaceError",
+           "ExtCapability", "PciIds", "Rom", "StateMismatchError", "VirtualConfigSpace", "bar_size_from_mask",
+           "lspci_dump", "walk_capabilities", "walk_extended_capabilities"]

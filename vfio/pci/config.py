@@ -1179,7 +1179,9 @@ class ConfigSpace:
 
         With ``strict=False`` a corrupt capability list does not raise: the
         list is replaced by ``{"error": message, "offset": offset}`` so a tool
-        can still show the rest.
+        can still show the rest.  For header-only data (``allow_short``)
+        ``header_only`` is True and both lists are ``None`` (not read, as
+        opposed to empty).
         """
         d: dict[str, Any] = {
             "length": len(self.raw),
@@ -1202,15 +1204,24 @@ class ConfigSpace:
             except ConfigSpaceError as e:
                 d[key] = {"error": str(e), "offset": e.offset}
 
-        attempt("subsystem_vendor_id", lambda: self.subsystem_vendor_id)
-        attempt("subsystem_id", lambda: self.subsystem_id)
+        short = len(self.raw) < R.CFG_SPACE_SIZE
+        d["header_only"] = short
+        if short and self.header_type != R.HEADER_TYPE_NORMAL:
+            d["subsystem_vendor_id"] = d["subsystem_id"] = None     # would need the SSVID capability
+        else:
+            attempt("subsystem_vendor_id", lambda: self.subsystem_vendor_id)
+            attempt("subsystem_id", lambda: self.subsystem_id)
         attempt("bars", lambda: [b.to_dict() for b in self.bars])
         rom = self.rom
         d["rom"] = rom.to_dict() if rom else None
         br = self.bridge
         d["bridge"] = br.to_dict() if br else None
-        attempt("capabilities", lambda: [c.to_dict() for c in self.capabilities])
-        attempt("extended_capabilities", lambda: [c.to_dict() for c in self.extended_capabilities])
+        if short:
+            # a header-only read (non-root sysfs): the lists were not read, which is not corruption
+            d["capabilities"] = d["extended_capabilities"] = None
+        else:
+            attempt("capabilities", lambda: [c.to_dict() for c in self.capabilities])
+            attempt("extended_capabilities", lambda: [c.to_dict() for c in self.extended_capabilities])
         d["raw"] = self.raw.hex()
         return d
 

@@ -399,11 +399,15 @@ class VirtualConfigSpace:
             phys = value & forward
             if keep:
                 # bits the guest may not change (and emulated bits sharing the access) keep the device's value
-                phys |= self.backing.passthrough_read(offset, size) & keep & ~(w1c & pt)
+                phys |= self.backing.passthrough_read(offset, size) & keep
             self.backing.passthrough_write(offset, size, phys)
         for w_off, w_len, fn in list(self._watchers):
             if offset < w_off + w_len and w_off < offset + size:
                 fn(offset, size, value)
+
+    def guest_bytes(self) -> bytes:
+        """The whole space as the guest reads it (dword reads), e.g. for ``ConfigSpace(v.guest_bytes())``."""
+        return b"".join(self.read(o, 4).to_bytes(4, "little") for o in range(0, self.size, 4))
 
     def watch(self, offset: int, length: int, callback: Watcher) -> None:
         """Call ``callback(offset, size, value)`` after every guest write overlapping [offset, offset+length).
@@ -419,11 +423,11 @@ class VirtualConfigSpace:
         if offset < 0 or offset + size > self.size or size <= 0:
             raise ConfigSpaceError(f"mask range of {size} bytes is outside the {self.size}-byte space", offset,
                                    self.source)
+        if emulated is not None and self.backing is None and emulated != (1 << (8 * size)) - 1:
+            raise ConfigSpaceError("bits can only be passed through with a backing", offset, self.source)
         for mask, val in ((self.write_mask, write), (self.w1c_mask, w1c), (self.emulated_mask, emulated)):
             if val is not None:
                 self._set(mask, offset, size, val)
-        if emulated is not None and self.backing is None and emulated != (1 << (8 * size)) - 1:
-            raise ConfigSpaceError("bits can only be passed through with a backing", offset, self.source)
 
     def peek(self, offset: int, size: int) -> int:
         """The virtual copy's value (emulated bits), ignoring masks: for the device model, not the guest."""
@@ -560,7 +564,7 @@ class VirtualConfigSpace:
                 self.write_mask[offset:offset + size] = write_mask
             if w1c_mask is not None:
                 self.w1c_mask[offset:offset + size] = w1c_mask
-        if not (ext_empty and offset == R.EXT_CAP_START):
+        if not ext_empty:   # a new extended list is already linked: it is the head or the null head's next
             self._link_tail(offset, extended)
         img = bytearray(self._reset_image)
         img[offset:offset + size] = body
@@ -639,7 +643,7 @@ class VirtualConfigSpace:
     def _collapse_null_head(self) -> None:
         """A null header at 0x100 that points nowhere is an empty list: 0."""
         hdr = int.from_bytes(self._virt[R.EXT_CAP_START:R.EXT_CAP_START + 4], "little")
-        if hdr != 0 and R.ext_cap_id(hdr) == 0 and R.ext_cap_next(hdr) == 0:
+        if R.ext_cap_id(hdr) == 0 and R.ext_cap_next(hdr) == 0:   # (a null header with next 0 is just 0)
             self._set(self._virt, R.EXT_CAP_START, 4, 0)
             null = self._caps.get(R.EXT_CAP_START)
             if null is not None and null.cap_id == 0:

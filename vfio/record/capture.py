@@ -305,20 +305,20 @@ def answers(dev) -> dict:
                 b.pwrite(off, orig)
     pread["past_last_region"] = _try(lambda: b.pread((info.num_regions + 1) << uapi.VFIO_PCI_OFFSET_SHIFT, 4))
     # SET_IRQS requests the kernel refuses, and one INTx enable/disable pair
-    D, A = uapi, uapi
+    u = uapi
     cases = {
-        "short_argsz": (bytes(D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0))[:16]
+        "header_only_disable": (bytes(u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0))[:16]
                         + b"\0" * 4),
-        "bad_index": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, info.num_irqs, 0, 1),
-        "two_data_types": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | D.VFIO_IRQ_SET_DATA_BOOL
-                                          | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1, b"\1"),
-        "two_actions": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_MASK
-                                       | A.VFIO_IRQ_SET_ACTION_UNMASK, 0, 0, 1),
-        "start_past_count": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 5, 1),
-        "data_short": D.build_irq_set(D.VFIO_IRQ_SET_DATA_EVENTFD | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1),
-        "disable_intx_not_enabled": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0),
-        "mask_msi": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_MASK, 1, 0, 1),
-        "mask_intx_not_enabled": D.build_irq_set(D.VFIO_IRQ_SET_DATA_NONE | A.VFIO_IRQ_SET_ACTION_MASK, 0, 0, 1),
+        "bad_index": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, info.num_irqs, 0, 1),
+        "two_data_types": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_DATA_BOOL
+                                          | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1, b"\1"),
+        "two_actions": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_MASK
+                                       | u.VFIO_IRQ_SET_ACTION_UNMASK, 0, 0, 1),
+        "start_past_count": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 5, 1),
+        "data_short": u.build_irq_set(u.VFIO_IRQ_SET_DATA_EVENTFD | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1),
+        "disable_intx_not_enabled": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0),
+        "mask_msi": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_MASK, 1, 0, 1),
+        "mask_intx_not_enabled": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_MASK, 0, 0, 1),
     }
     for name, buf in cases.items():
         irqs[name] = _try(lambda buf=buf: b.set_irqs(bytes(buf)))
