@@ -345,11 +345,11 @@ class Region:
 
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length, False)
-        return self.device.backend.pread(self.info.offset + offset, length)
+        return self.device._be.pread(self.info.offset + offset, length)
 
     def write(self, offset: int, data: bytes) -> int:
         self._check(offset, len(data), True)
-        return self.device.backend.pwrite(self.info.offset + offset, bytes(data))
+        return self.device._be.pwrite(self.info.offset + offset, bytes(data))
 
     def _readw(self, offset: int, w: int) -> int:
         return struct.unpack(_WIDTH_FMT[w], self.read(offset, w))[0]
@@ -593,6 +593,12 @@ class Device:
             raise
 
     # ---- info ------------------------------------------------------------------------
+    @property
+    def _be(self) -> DeviceBackend:
+        if self.backend is None:
+            raise VfioError(errno.EBADF, f"device {self.name} is closed")
+        return self.backend
+
     def _variable_info(self, call, fixed_type, what: str) -> bytes:
         """The one retry loop of variable-length info calls: ask with the fixed size;
         if the kernel answers with a larger argsz (a capability chain follows), ask again."""
@@ -609,7 +615,7 @@ class Device:
 
     def _get_device_info(self) -> DeviceInfo:
         what = f"VFIO_DEVICE_GET_INFO on {self.name}"
-        buf = self._variable_info(self.backend.get_info, uapi.vfio_device_info, what)
+        buf = self._variable_info(self._be.get_info, uapi.vfio_device_info, what)
         hdr = uapi.vfio_device_info.from_buffer_copy(buf)
         caps = ()
         if hdr.flags & uapi.VFIO_DEVICE_FLAGS_CAPS and hdr.cap_offset:
@@ -619,7 +625,7 @@ class Device:
 
     def region_info(self, index: int) -> RegionInfo:
         what = f"VFIO_DEVICE_GET_REGION_INFO index {index} on {self.name}"
-        buf = self._variable_info(lambda argsz: self.backend.get_region_info(index, argsz),
+        buf = self._variable_info(lambda argsz: self._be.get_region_info(index, argsz),
                                   uapi.vfio_region_info, what)
         try:
             return parse_region_info(buf, what)
@@ -657,13 +663,13 @@ class Device:
         return self.region(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
 
     def irq_info(self, index: int) -> IrqInfo:
-        st = uapi.vfio_irq_info.from_buffer_copy(self.backend.get_irq_info(index))
+        st = uapi.vfio_irq_info.from_buffer_copy(self._be.get_irq_info(index))
         return IrqInfo(st.index, st.flags, st.count)
 
     # ---- interrupts (commands with side effects) --------------------------------------
     def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0, data: bytes = b"") -> None:
         """Raw SET_IRQS: ``flags`` is one DATA_* | one ACTION_*."""
-        self.backend.set_irqs(uapi.build_irq_set(flags, index, start, count, data))
+        self._be.set_irqs(uapi.build_irq_set(flags, index, start, count, data))
 
     def enable_irq(self, index: int, count: int | None = None, start: int = 0) -> IrqVectors:
         """Create eventfds and program them as triggers for vectors start..start+count-1.
@@ -729,7 +735,7 @@ class Device:
 
     # ---- resets (commands) -----------------------------------------------------------
     def reset(self) -> None:
-        self.backend.reset()
+        self._be.reset()
 
     def hot_reset_info(self) -> HotResetInfo:
         what = f"VFIO_DEVICE_GET_PCI_HOT_RESET_INFO on {self.name}"
@@ -737,7 +743,7 @@ class Device:
         # the kernel answers ENOSPC (not a larger argsz alone) when the list does not fit
         for _ in range(4):
             try:
-                buf = self.backend.get_pci_hot_reset_info(argsz)
+                buf = self._be.get_pci_hot_reset_info(argsz)
             except VfioError as e:
                 if e.errno != errno.ENOSPC:
                     raise
@@ -759,7 +765,7 @@ class Device:
         return HotResetInfo(hdr.flags, tuple(devs))
 
     def hot_reset(self, group_fds) -> None:
-        self.backend.pci_hot_reset(uapi.build_hot_reset(list(group_fds)))
+        self._be.pci_hot_reset(uapi.build_hot_reset(list(group_fds)))
 
     # ---- lifetime --------------------------------------------------------------------
     def fileno(self) -> int:

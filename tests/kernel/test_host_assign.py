@@ -13,17 +13,15 @@ fault injected at every step, the state file, the safety refusals.
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 import subprocess
-import threading
 
 import pytest
 
-from vfio.errors import VfioError
 from vfio.host import inspect
 from vfio.host.assign import AssignmentFailed, AssignmentRefused, Assigner
+from vfio.host.simulate import FaultyWrites
 from vfio.host.sysfs import Host, Sysfs
 from vfio.host.watch import Watcher
 
@@ -68,21 +66,9 @@ def snapshot(host: Host) -> dict:
     return {d.bdf: (d.driver, d.driver_override) for d in host.devices()}
 
 
-class Faulty(Sysfs):
+def Faulty(fail_at: int, after: bool) -> FaultyWrites:
     """The real sysfs, with the ``fail_at``-th write failing once, before or after the kernel acted."""
-
-    def __init__(self, fail_at: int, after: bool):
-        super().__init__("/")
-        self.n, self.fail_at, self.after, self.writes = 0, fail_at, after, []
-
-    def write(self, rel, value):
-        self.n += 1
-        self.writes.append((rel, value))
-        if self.n == self.fail_at:
-            if self.after:
-                super().write(rel, value)
-            raise VfioError(errno.EIO, f"injected fault at write {self.n}")
-        super().write(rel, value)
+    return FaultyWrites(Sysfs("/"), fail_at, after)
 
 
 def test_assign_open_release(host, natives, state):

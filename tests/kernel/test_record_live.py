@@ -17,7 +17,7 @@ import vfio
 from vfio.record import format as F
 from vfio.record.capture import answers, capture_device
 from vfio.record.cli import main as cli_main
-from vfio.record.pcicaps import iter_ext_caps, iter_std_caps
+from vfio.pci.config import walk_capabilities, walk_extended_capabilities
 from vfio.record.replay import open_replay
 
 pytestmark = pytest.mark.kernel
@@ -42,7 +42,7 @@ def comparable(rec: F.DeviceRecord, with_config: bool = True) -> list:
                         kids.append(c)
                     elif r.is_config_space:
                         cfg = bytes(c.data)
-                        kids.append((cfg[0:4], cfg[8:16], list(iter_std_caps(cfg)), list(iter_ext_caps(cfg))))
+                        kids.append((cfg[0:4], cfg[8:16], walk_capabilities(cfg), walk_extended_capabilities(cfg)))
                     elif r.flags & F.REGION_ROM:
                         kids.append(c)
                 else:

@@ -23,7 +23,7 @@ from vfio.errors import VfioError
 from vfio.host import assign_cli
 from vfio.host.assign import (AssignmentFailed, AssignmentRefused, Assigner, StateFile, StateLocked,
                               libvirt_xml, qemu_args)
-from vfio.host.simulate import SimulatedSysfs
+from vfio.host.simulate import FaultyWrites, SimulatedSysfs
 from vfio.host.sysfs import DryRunSysfs, Host, HostError
 
 GUEST = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs", "q35-guest")
@@ -50,22 +50,8 @@ def recorded(root: str) -> dict:
     return json.load(open(p))["devices"] if os.path.exists(p) else {}
 
 
-class Faulty(SimulatedSysfs):
-    """Fails the ``fail_at``-th write once: before the kernel acts (``after``
-    False) or after it acted (``after`` True, as when a process dies between
-    the write and its bookkeeping).  Later writes (the rollback) go through."""
-
-    def __init__(self, root, fail_at: int, after: bool = False):
-        super().__init__(root)
-        self.n, self.fail_at, self.after = 0, fail_at, after
-
-    def write(self, rel, value):
-        self.n += 1
-        if self.n == self.fail_at:
-            if self.after:
-                super().write(rel, value)
-            raise VfioError(errno.EIO, f"injected fault at write {self.n} ({rel})")
-        super().write(rel, value)
+def Faulty(root, fail_at, after=False, sim_class=SimulatedSysfs):
+    return FaultyWrites(sim_class(root), fail_at, after)
 
 
 # ---- the happy path ------------------------------------------------------------------
@@ -99,8 +85,21 @@ def test_dry_run_prints_the_exact_writes_and_changes_nothing(tree):
         f"echo {E1000E} > /sys/bus/pci/drivers/e1000e/unbind",
         f"echo vfio-pci > /sys/bus/pci/devices/{E1000E}/driver_override",
         f"echo {E1000E} > /sys/bus/pci/drivers_probe",
-        "chown 0:0 /dev/vfio/9"]
+        "chown 0:0 /dev/vfio/9",
+        f"chown 0:0 /dev/vfio/devices/vfio* (cdev of {E1000E}, if any)"]
     assert snapshot(tree) == before and recorded(tree) == {}
+
+
+def test_cdev_nodes_get_the_owner_too(tree):
+    os.makedirs(os.path.join(tree, "dev/vfio/devices"))      # a kernel with VFIO_DEVICE_CDEV
+    before = snapshot(tree)
+    sim = SimulatedSysfs(tree)
+    a = Assigner(Host(sysfs=sim))
+    a.assign([E1000E, "00:06.0"], owner=(107, 108), force=True)
+    assert sim.owners == {"/dev/vfio/9": (107, 108), "/dev/vfio/6": (107, 108),
+                          "/dev/vfio/devices/vfio0": (107, 108), "/dev/vfio/devices/vfio1": (107, 108)}
+    a.release()
+    assert snapshot(tree) == before and os.listdir(os.path.join(tree, "dev/vfio/devices")) == []
 
 
 def test_dry_run_matches_what_the_real_run_writes(tree):
@@ -250,18 +249,18 @@ def test_a_device_that_does_not_bind_is_rolled_back(tree):
     assert snapshot(tree) == before and recorded(tree) == {}
 
 
-class StuckUnbind(Faulty):
-    """The injected fault, and then the original driver refuses to bind again."""
+class NoRebind(SimulatedSysfs):
+    """e1000e refuses to bind again (its probe fails, say)."""
 
     def write(self, rel, value):
-        if rel.endswith("e1000e/bind") and self.n >= self.fail_at:
+        if rel.endswith("e1000e/bind"):
             raise VfioError(errno.ENODEV, f"writing {value!r} to /{rel}")
         super().write(rel, value)
 
 
 def test_an_incomplete_rollback_is_reported(tree):
     with pytest.raises(AssignmentFailed) as e:
-        Assigner(Host(sysfs=StuckUnbind(tree, 2))).assign([E1000E])
+        Assigner(Host(sysfs=Faulty(tree, 2, sim_class=NoRebind))).assign([E1000E])
     assert len(e.value.rollback_errors) == 1 and "unbind 0000:01:00.0 from e1000e" in e.value.rollback_errors[0]
     assert "ROLLBACK INCOMPLETE" in str(e.value)
 

@@ -178,6 +178,9 @@ class Op:
     actions: list = field(default_factory=list)           # of Action (sysfs-relative paths)
     verify: Callable[[], None] | None = None
     undo: Callable[[], None] | None = None
+    #: Actions only known once earlier steps ran (the cdev node a bind creates);
+    #: ``actions`` then holds what a dry run shows in their place.
+    later: Callable[[], list] | None = None
 
 
 @dataclass
@@ -328,7 +331,16 @@ class Assigner:
             uid, gid = owner
             for g in plan.groups:
                 plan.ops.append(Op(f"chown /dev/vfio/{g}", [Action("chown", f"dev/vfio/{g}", f"{uid}:{gid}")]))
+            for d in plan.devices:
+                # kernels with VFIO_DEVICE_CDEV also make /dev/vfio/devices/vfioN per device
+                plan.ops.append(Op(f"chown the VFIO cdev of {d.bdf}, if the kernel makes one",
+                                   [Action("chown", f"dev/vfio/devices/vfio* (cdev of {d.bdf}, if any)", f"{uid}:{gid}")],
+                                   later=lambda b=d.bdf, o=f"{uid}:{gid}": self._cdev_chowns(b, o)))
         return plan
+
+    def _cdev_chowns(self, bdf: str, owner: str) -> list:
+        return [Action("chown", f"dev/vfio/devices/{n}", owner)
+                for n in self.host.sysfs.listdir(f"{PCI_DEVICES}/{bdf}/vfio-dev")]
 
     def _check_vfio_loaded(self) -> None:
         if not self.host.has_driver(VFIO_PCI):
@@ -408,7 +420,7 @@ class Assigner:
         for i, op in enumerate(plan.ops, 1):
             started.append(op)   # before acting: an op may fail after the kernel acted
             try:
-                for a in op.actions:
+                for a in (op.later() if op.later is not None else op.actions):
                     if a.kind == "write":
                         sysfs.write(a.path, a.value)
                     elif a.kind == "chown":

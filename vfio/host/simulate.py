@@ -15,8 +15,9 @@ rules of ``drivers/base/bus.c`` and ``drivers/pci/pci-driver.c`` (6.12):
 * ``drivers_probe BDF``: if the device has no driver, bind the override
   driver when set (or nothing when that driver is not loaded), else the first
   native driver that is loaded; ENODEV for an unknown device.
-* Binding a device to vfio-pci creates ``dev/vfio/N`` for its group; unbinding
-  the group's last one removes it.  ``modprobe vfio-pci`` creates the driver
+* Binding a device to vfio-pci creates ``dev/vfio/N`` for its group (and,
+  when the tree has ``dev/vfio/devices``, a cdev ``vfioK`` with its
+  ``vfio-dev/vfioK`` directory); unbinding the group's last one removes it.  ``modprobe vfio-pci`` creates the driver
   directory and ``dev/vfio/vfio``.
 
 Native drivers (which ID tables match) cannot be known from sysfs; by default
@@ -84,10 +85,18 @@ class SimulatedSysfs(Sysfs):
             if group is not None:
                 os.makedirs(self.path("dev/vfio"), exist_ok=True)
                 open(self.path(f"dev/vfio/{group}"), "a").close()
+            if self.exists("dev/vfio/devices"):       # a VFIO_DEVICE_CDEV kernel: one node per device
+                used = set(self.listdir("dev/vfio/devices"))
+                name = next(f"vfio{i}" for i in range(len(used) + 1) if f"vfio{i}" not in used)
+                os.makedirs(os.path.join(dev_real, "vfio-dev", name))
+                open(self.path(f"dev/vfio/devices/{name}"), "a").close()
 
     def _detach(self, drv: str, bdf: str) -> None:
         dev_real = self.path(self.real(self._dev_rel(bdf)))
         os.unlink(os.path.join(dev_real, "driver"))
+        for name in self.listdir(self.real(f"{self._dev_rel(bdf)}/vfio-dev")):
+            os.rmdir(os.path.join(dev_real, "vfio-dev", name))
+            os.unlink(self.path(f"dev/vfio/devices/{name}"))
         os.unlink(self.path(f"{PCI_DRIVERS}/{drv}/{bdf}"))
         group = self.link_name(f"{self._dev_rel(bdf)}/iommu_group")
         if drv in VFIO_PCI_DRIVERS and group is not None:
@@ -164,3 +173,32 @@ class SimulatedSysfs(Sysfs):
         if name == "vfio-pci":
             os.makedirs(self.path("dev/vfio"), exist_ok=True)
             open(self.path("dev/vfio/vfio"), "a").close()
+
+
+class FaultyWrites(Sysfs):
+    """Wraps another :class:`Sysfs` (simulated or real) so that its ``fail_at``-th
+    write fails once: before the kernel acts (``after`` False) or after it acted
+    (``after`` True, as when a process dies between the write and its
+    bookkeeping).  Later writes -- the rollback -- go through.  ``writes`` lists
+    every write asked for, as (root-relative path, value)."""
+
+    def __init__(self, inner: Sysfs, fail_at: int, after: bool = False):
+        super().__init__(inner.root)
+        self.inner, self.fail_at, self.after = inner, fail_at, after
+        self.n = 0
+        self.writes: list[tuple[str, str]] = []
+
+    def write(self, rel: str, value: str) -> None:
+        self.n += 1
+        self.writes.append((rel, value))
+        if self.n == self.fail_at:
+            if self.after:
+                self.inner.write(rel, value)
+            raise VfioError(errno.EIO, f"injected fault at write {self.n} ({self.shown(rel)})")
+        self.inner.write(rel, value)
+
+    def chown(self, rel: str, uid: int, gid: int) -> None:
+        self.inner.chown(rel, uid, gid)
+
+    def modprobe(self, module: str) -> None:
+        self.inner.modprobe(module)

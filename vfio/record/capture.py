@@ -38,7 +38,8 @@ import struct
 from .. import uapi
 from ..errors import VfioError
 from . import format as F
-from .pcicaps import PCI_CAP_ID_EXP, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX, iter_std_caps
+from ..pci.config import walk_capabilities
+from ..pci.regs import CAP_ID_EXP as PCI_CAP_ID_EXP, CAP_ID_MSI as PCI_CAP_ID_MSI, CAP_ID_MSIX as PCI_CAP_ID_MSIX
 
 SYSFS_PCI = "/sys/bus/pci/devices"
 _BDF = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
@@ -185,7 +186,7 @@ def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
         raise ValueError(f"{cpath}: only {len(cfg)} bytes readable, less than the 64-byte header")
     resources = _resources(bdf, sysfs)
     try:
-        caps = dict((cid, pos) for cid, pos in iter_std_caps(cfg))
+        caps = {cid: pos for pos, cid, _ in walk_capabilities(cfg)}
     except ValueError as e:
         raise ValueError(f"{cpath}: {e}") from None
     msix_bar = None

@@ -63,7 +63,8 @@ from .. import uapi
 from ..backend import DeviceBackend
 from ..errors import VfioError
 from .format import (DeviceInfo, DeviceRecord, MappedRecord, Region, REGION_ROM, BAR_ROM)
-from .pcicaps import PCI_STD_HEADER_END, iter_ext_caps, iter_std_caps
+from ..pci import regs as pci_regs
+from ..pci.config import walk_capabilities, walk_extended_capabilities
 
 PAGE_SIZE = mmap.PAGESIZE
 _REGION_INFO_SIZE = ctypes.sizeof(uapi.vfio_region_info)      # 32
@@ -364,12 +365,12 @@ class ReplayBackend(DeviceBackend):
             rom = self._regions.get(uapi.VFIO_PCI_ROM_REGION_INDEX)
             if rom is not None and rom.size:
                 struct.pack_into("<I", m, 0x30, (~(rom.size - 1) & 0xFFFFF800 | 1) & _U32_MAX)
-        for b in range(PCI_STD_HEADER_END, len(cfg)):       # capability bodies: RAM
+        for b in range(pci_regs.STD_HEADER_SIZEOF, len(cfg)):       # capability bodies: RAM
             m[b] = 0xFF
         try:
-            for _, pos in iter_std_caps(cfg):
+            for pos, _, _ in walk_capabilities(cfg):
                 m[pos] = m[pos + 1] = 0                          # ID and next
-            for _, pos in iter_ext_caps(cfg):
+            for pos, _, _, _ in walk_extended_capabilities(cfg):
                 m[pos:pos + 4] = bytes(4)                        # the whole header dword
         except ValueError as e:
             raise self._err(errno.EIO, f"config write: captured config space of region {r.index}: {e}") from None
