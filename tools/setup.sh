@@ -61,7 +61,7 @@ else
         pipflags+=(--break-system-packages)
     fi
     log "pip install -e '$root[test]' with $py"
-    (cd "$root" && "$py" -m pip install "${pipflags[@]}" -e ".[test]" < /dev/null)
+    (cd "$root" && PIP_ROOT_USER_ACTION=ignore "$py" -m pip install "${pipflags[@]}" -e ".[test]" < /dev/null)
     mkdir -p "$stampdir"
     printf '%s\n' "$want" > "$stamp"
 fi

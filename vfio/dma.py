@@ -89,15 +89,17 @@ class DmaBuffer:
 class IovaAllocator:
     """First-fit IOVA allocation inside inclusive ``(start, end)`` ranges.
 
-    Freed blocks are merged back.  Addresses below ``floor`` are never handed
-    out (IOVA 0 looks like a NULL pointer to many devices).
+    Freed blocks are merged back.  :meth:`alloc` never hands out addresses
+    below ``floor`` (IOVA 0 looks like a NULL pointer to many devices), but a
+    caller may :meth:`reserve` them (a VMM maps guest RAM at guest-physical 0).
     """
 
     def __init__(self, ranges, align: int = PAGE_SIZE, floor: int = 0x100000):
         self.align = align
+        self.floor = floor
         self._free = []     # sorted list of [start, end_exclusive)
         for s, e in sorted(ranges):
-            s = _round_up(max(s, floor), align)
+            s = _round_up(s, align)
             e_ex = (e + 1) // align * align
             if e_ex > s:
                 self._free.append([s, e_ex])
@@ -108,7 +110,7 @@ class IovaAllocator:
         align = max(align or self.align, self.align)
         size = _round_up(size, self.align)
         for blk in self._free:
-            s = _round_up(blk[0], align)
+            s = _round_up(max(blk[0], self.floor), align)
             if s + size <= blk[1] and (limit is None or s + size <= limit):
                 self._take(s, size)
                 return s

@@ -16,7 +16,7 @@ a pass.  Tests are deselected by marker instead (tests/conftest.py, and the
 ``-m`` expressions of tools/run-kernel-tests); tests/conftest.py also fails any
 kernel-marked test that runs on a system without /dev/vfio.
 
-Only sysfs and os calls here: ioctls belong to vfio/uapi.py.
+Only sysfs (through vfio.host.sysfs) here: ioctls belong to vfio/uapi.py.
 """
 
 from __future__ import annotations
@@ -25,35 +25,19 @@ import os
 
 import pytest
 
-SYSFS_PCI = "/sys/bus/pci/devices"
-EDU_ID = (0x1234, 0x11E8)
-NVME_ID = (0x1B36, 0x0010)
+from vfio.host.sysfs import Host
+
+EDU_ID = "1234:11e8"
+NVME_ID = "1b36:0010"
 _RUN_HINT = "run it with tools/run-kernel-tests or tools/vfio-harness"
 
 
-def _read_hex(path: str) -> int:
-    with open(path) as f:
-        return int(f.read().strip(), 16)
-
-
-def pci_devices_by_id(vendor: int, device: int) -> list[tuple[str, str | None]]:
-    """(BDF, driver name or None) of every PCI device with this vendor:device."""
-    found = []
-    for bdf in sorted(os.listdir(SYSFS_PCI)):
-        d = os.path.join(SYSFS_PCI, bdf)
-        if (_read_hex(f"{d}/vendor"), _read_hex(f"{d}/device")) != (vendor, device):
-            continue
-        drv = os.path.join(d, "driver")
-        found.append((bdf, os.path.basename(os.readlink(drv)) if os.path.islink(drv) else None))
-    return found
-
-
-def _vfio_bdf(name: str, ids: tuple[int, int]) -> str:
-    devs = pci_devices_by_id(*ids)
-    bound = [bdf for bdf, drv in devs if drv == "vfio-pci"]
+def _vfio_bdf(name: str, ids: str) -> str:
+    devs = Host("/").find(ids)
+    bound = [d.bdf for d in devs if d.driver == "vfio-pci"]
     if not bound:
         pytest.fail(
-            f"no {name} device ({ids[0]:04x}:{ids[1]:04x}) bound to vfio-pci; found {devs or 'none'} "
+            f"no {name} device ({ids}) bound to vfio-pci; found {[(d.bdf, d.driver) for d in devs] or 'none'} "
             f"(harness devices={os.environ.get('VFIO_HARNESS_DEVICES', '?')} "
             f"bind={os.environ.get('VFIO_HARNESS_BIND', '?')}); {_RUN_HINT}", pytrace=False)
     return bound[0]

@@ -3,7 +3,7 @@
 Every other kernel test trusts that tools/vfio-harness booted the kernel and
 IOMMU it was asked for and bound the test devices to vfio-pci.  These checks
 make a mis-set-up guest fail here, by name, instead of showing up as puzzling
-ioctl errors elsewhere.  sysfs and os only (ioctls live in vfio/uapi.py).
+ioctl errors elsewhere.  sysfs (vfio.host.sysfs) and os only; ioctls live in vfio/uapi.py.
 
 Facts relied on (6.12):
 - an IOMMU-backed group appears as /dev/vfio/N; a no-IOMMU one as
@@ -21,17 +21,17 @@ import os
 
 import pytest
 
+from vfio.host.sysfs import Host
+
 pytestmark = pytest.mark.kernel
 
 SYSFS_PCI = "/sys/bus/pci/devices"
 
 
 def _group_of(bdf: str) -> str:
-    return os.path.basename(os.readlink(f"{SYSFS_PCI}/{bdf}/iommu_group"))
-
-
-def _driver_of(bdf: str) -> str:
-    return os.path.basename(os.readlink(f"{SYSFS_PCI}/{bdf}/driver"))
+    group = Host("/").device(bdf).iommu_group
+    assert group is not None, f"{bdf} has no IOMMU group"
+    return group
 
 
 def _cdevs_of(bdf: str) -> list[str]:
@@ -49,7 +49,8 @@ def bound_bdf(request, edu_bdf, nvme_bdf):
 
 
 def test_test_devices_bound_to_vfio_pci(bound_bdf):
-    assert _driver_of(bound_bdf) == "vfio-pci"
+    dev = Host("/").device(bound_bdf)
+    assert (dev.driver, dev.driver_override) == ("vfio-pci", "vfio-pci")
 
 
 def test_intel_iommu_present(harness_iommu):

@@ -1,10 +1,10 @@
 """Assignment, release, inspection and uevents against the real kernel.
 
 Runs inside the tools/vfio-harness guest started with nvme and e1000e on their
-own drivers and edu on vfio-pci::
+own drivers and edu on vfio-pci (the ``host-tools`` leg of tools/run-kernel-tests)::
 
     tools/vfio-harness --devices edu,nvme,e1000e --bind edu -- \\
-        python3 -m pytest -m kernel tests/kernel/test_host_assign.py
+        python3 -m pytest -m native_drivers tests/kernel/test_host_assign.py
 
 This is the proof for what tests/unit/test_host_assign.py checks on the
 simulation (vfio.host.simulate): the same write sequences, rollback after a
@@ -25,11 +25,13 @@ from vfio.host.simulate import FaultyWrites
 from vfio.host.sysfs import Host, Sysfs
 from vfio.host.watch import Watcher
 
-pytestmark = pytest.mark.kernel
+# native_drivers: the host-tools leg of tools/run-kernel-tests (nvme, e1000e on their own drivers)
+pytestmark = [pytest.mark.kernel, pytest.mark.native_drivers]
 
 NVME, E1000E, EDU = "1b36:0010", "8086:10d3", "1234:11e8"
 NATIVE = {NVME: "nvme", E1000E: "e1000e"}
-HOW = "run with: tools/vfio-harness --devices edu,nvme,e1000e --bind edu -- python3 -m pytest -m kernel ..."
+HOW = ("run with: tools/run-kernel-tests --leg host-tools, or tools/vfio-harness --devices edu,nvme,e1000e "
+       "--bind edu -- python3 -m pytest -m native_drivers ...")
 
 
 def _one(host: Host, ids: str):

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -137,6 +138,10 @@ def test_edu_dma_through_guest_memory(edu):
         edu.mmio_write(EDU_GPA + 0x88, 8, dst)
         edu.mmio_write(EDU_GPA + 0x90, 8, len(pattern))
         edu.mmio_write(EDU_GPA + 0x98, 8, cmd)
+        if cmd == 0x1:                                          # edu drops register writes while it runs
+            deadline = time.monotonic() + 10
+            while edu.mmio_read(EDU_GPA + 0x98, 8) & 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
     assert edu.msi_vector(0).eventfd.wait(10) >= 1
     st = edu.mmio_read(EDU_GPA + 0x24, 4)
     edu.mmio_write(EDU_GPA + 0x64, 4, st)
@@ -177,16 +182,19 @@ def test_nvme_state_save_reset_load(nvme):
     nvme.mmio_write(NVME_GPA + toff + 8, 4, 0x30)
     nvme.mmio_write(NVME_GPA + toff + 12, 4, 0)
     state = json.loads(json.dumps(nvme.get_state()))
-    nvme.reset()                                                 # FLR: CC cleared, model at power-on
+    nvme.bar(0).write32(0x14, 0x00460001)                           # CC.EN: the controller starts up
+    nvme.reset()                                                 # FLR; the model back at power-on
     assert nvme.irq_mode == "none"
-    assert nvme.bar(0).read32(0x14) & 1 == 0
-    assert not nvme.device.config.read16(R.COMMAND) & R.COMMAND_MASTER
+    assert not nvme.device.config.read16(R.COMMAND) & (R.COMMAND_MASTER | R.COMMAND_MEMORY)
+    assert not nvme.config_read(R.COMMAND, 2) & R.COMMAND_MASTER
+    assert nvme.config_read(R.BASE_ADDRESS_0, 4) != NVME_GPA
     nvme.set_state(state)
     assert nvme.irq_mode == "none"                               # loading is not programming
     nvme.resume()
     assert nvme.irq_mode == "msix"
     assert nvme.device.config.read16(R.COMMAND) & R.COMMAND_MASTER
     assert nvme.mmio_read(NVME_GPA + toff + 8, 4) == 0x30
+    assert nvme.mmio_read(NVME_GPA + 0x14, 4) & 1 == 0             # the FLR disabled the controller
     nvme.device.trigger_irq(MSIX, 0)
     assert nvme.msix_vector(0).eventfd.wait(5) == 1
     assert nvme.get_state() == state

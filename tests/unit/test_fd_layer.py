@@ -280,6 +280,7 @@ def test_iova_allocator_respects_ranges_holes_and_limits():
     assert a.alloc(0x1000) == 0x100000                    # freed space is reused
     with pytest.raises(MemoryError, match="below 0x200000"):
         a.alloc(0x200000, limit=0x200000)
+    a.reserve(0, 0x1000)                                  # a caller may map guest RAM at 0
     big = a.alloc(0x10000000, align=0x10000000)
     assert big % 0x10000000 == 0 and not (big <= 0xFEE00000 < big + 0x10000000)
 

@@ -65,6 +65,8 @@ def test_assign_and_release_round_trip(tree):
     h = Host(tree)
     assert h.device(E1000E).driver == "vfio-pci" and h.device(E1000E).driver_override == "vfio-pci"
     assert "9" in snapshot(tree)["nodes"]
+    # the kernel lists vfio-dev/vfio0 in sysfs but, without VFIO_DEVICE_CDEV, makes no node to chown
+    assert os.listdir(os.path.join(tree, h.device(E1000E).path, "vfio-dev")) == ["vfio0"]
     assert sim.owners == {"/dev/vfio/9": (107, 108)}
     rec = recorded(tree)[E1000E]
     assert rec["driver"] == "e1000e" and rec["driver_override"] is None and rec["status"] == "assigned"

@@ -407,8 +407,12 @@ def test_reset_of_a_device_without_function_reset(model):
         pt.reset()
     assert ei.value.errno == errno.ENOTTY and "device_reset=False" in str(ei.value)
     assert pt.irq_mode == "msi"                            # refused before anything changed
+    pt.config_write(R.COMMAND, 2, R.COMMAND_MEMORY | R.COMMAND_MASTER)
     pt.reset(device_reset=False)
     assert pt.irq_mode == "none" and not pt.config_read(off + R.MSI_FLAGS, 2) & R.MSI_FLAGS_ENABLE
+    # decode and bus mastering are stopped in the device, as QEMU's pre-reset does
+    assert not pt.device.config.read16(R.COMMAND) & (R.COMMAND_MEMORY | R.COMMAND_MASTER)
+    assert pt.command == pt.device.config.read16(R.COMMAND)
 
 
 def test_close_tears_down_interrupts_and_eventfds(model, vfio_replay_device):

@@ -339,8 +339,10 @@ class Assigner:
         return plan
 
     def _cdev_chowns(self, bdf: str, owner: str) -> list:
+        # sysfs lists vfio-dev/vfioN on every 6.x kernel; the node exists only with VFIO_DEVICE_CDEV
         return [Action("chown", f"dev/vfio/devices/{n}", owner)
-                for n in self.host.sysfs.listdir(f"{PCI_DEVICES}/{bdf}/vfio-dev")]
+                for n in self.host.sysfs.listdir(f"{PCI_DEVICES}/{bdf}/vfio-dev")
+                if self.host.sysfs.exists(f"dev/vfio/devices/{n}")]
 
     def _check_vfio_loaded(self) -> None:
         if not self.host.has_driver(VFIO_PCI):

@@ -44,7 +44,7 @@ def _owner(user: str | None, group: str | None) -> tuple | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vfio-assign", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="vfio-assign", description="\n\n".join(__doc__.split("\n\n")[:2]),
                                  epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default="/", help="system root (a captured tree for testing; default /)")

@@ -26,7 +26,6 @@ either way.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -454,7 +453,7 @@ def render_record(rep: dict, out) -> None:
 # ---------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vfio-inspect", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="vfio-inspect", description="\n\n".join(__doc__.split("\n\n")[:2]),
                                  epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="*", metavar="BDF|VENDOR:DEVICE|RECORD_FILE")
     ap.add_argument("--json", action="store_true", help="JSON output (schema vfio-inspect/1)")

@@ -15,9 +15,9 @@ rules of ``drivers/base/bus.c`` and ``drivers/pci/pci-driver.c`` (6.12):
 * ``drivers_probe BDF``: if the device has no driver, bind the override
   driver when set (or nothing when that driver is not loaded), else the first
   native driver that is loaded; ENODEV for an unknown device.
-* Binding a device to vfio-pci creates ``dev/vfio/N`` for its group (and,
-  when the tree has ``dev/vfio/devices``, a cdev ``vfioK`` with its
-  ``vfio-dev/vfioK`` directory); unbinding the group's last one removes it.  ``modprobe vfio-pci`` creates the driver
+* Binding a device to vfio-pci creates ``dev/vfio/N`` for its group and the
+  device's ``vfio-dev/vfioK`` directory (and, when the tree has
+  ``dev/vfio/devices``, the cdev node ``vfioK``); unbinding undoes them.  ``modprobe vfio-pci`` creates the driver
   directory and ``dev/vfio/vfio``.
 
 Native drivers (which ID tables match) cannot be known from sysfs; by default
@@ -51,6 +51,7 @@ class SimulatedSysfs(Sysfs):
         self.writes: list[tuple[str, str]] = []       # (shown path, value), in order
         self.owners: dict[str, tuple[int, int]] = {}  # chown is recorded, not done
         self.modprobed: list[str] = []
+        self._vfio_devs = 0
         if native is None:
             native = {}
             for bdf in self.listdir(PCI_DEVICES):
@@ -85,10 +86,12 @@ class SimulatedSysfs(Sysfs):
             if group is not None:
                 os.makedirs(self.path("dev/vfio"), exist_ok=True)
                 open(self.path(f"dev/vfio/{group}"), "a").close()
-            if self.exists("dev/vfio/devices"):       # a VFIO_DEVICE_CDEV kernel: one node per device
-                used = set(self.listdir("dev/vfio/devices"))
-                name = next(f"vfio{i}" for i in range(len(used) + 1) if f"vfio{i}" not in used)
-                os.makedirs(os.path.join(dev_real, "vfio-dev", name))
+            # every 6.x kernel lists vfio-dev/vfioK in sysfs; only a VFIO_DEVICE_CDEV
+            # kernel (a tree with dev/vfio/devices) also makes the node
+            name = f"vfio{self._vfio_devs}"
+            self._vfio_devs += 1
+            os.makedirs(os.path.join(dev_real, "vfio-dev", name))
+            if self.exists("dev/vfio/devices"):
                 open(self.path(f"dev/vfio/devices/{name}"), "a").close()
 
     def _detach(self, drv: str, bdf: str) -> None:
@@ -96,7 +99,10 @@ class SimulatedSysfs(Sysfs):
         os.unlink(os.path.join(dev_real, "driver"))
         for name in self.listdir(self.real(f"{self._dev_rel(bdf)}/vfio-dev")):
             os.rmdir(os.path.join(dev_real, "vfio-dev", name))
-            os.unlink(self.path(f"dev/vfio/devices/{name}"))
+            if self.exists(f"dev/vfio/devices/{name}"):
+                os.unlink(self.path(f"dev/vfio/devices/{name}"))
+        if os.path.isdir(os.path.join(dev_real, "vfio-dev")):
+            os.rmdir(os.path.join(dev_real, "vfio-dev"))
         os.unlink(self.path(f"{PCI_DRIVERS}/{drv}/{bdf}"))
         group = self.link_name(f"{self._dev_rel(bdf)}/iommu_group")
         if drv in VFIO_PCI_DRIVERS and group is not None:

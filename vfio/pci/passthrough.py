@@ -769,6 +769,7 @@ class PassthroughDevice:
 
     def reset(self, device_reset: bool = True) -> None:
         """Function reset as a guest (or VMM at system reset) asks for it: interrupts torn down,
+        Command's decode, bus master and INTx-disable bits cleared in the device,
         VFIO_DEVICE_RESET (unless ``device_reset`` is False), the emulated state back to power-on
         (BARs, MSI/MSI-X off, every MSI-X vector masked, nothing pending).  INTx is re-programmed
         if the VMM had connected it.  Guest memory mappings stay."""
@@ -776,6 +777,12 @@ class PassthroughDevice:
             raise VfioError(errno.ENOTTY, f"function reset of {self.name}: the device has no reset "
                             f"(VFIO_DEVICE_FLAGS_RESET clear); reset(device_reset=False) resets the model only")
         self._switch("none")
+        # Stop DMA and decoding first, as QEMU's vfio_pci_pre_reset does: the kernel's reset saves
+        # and restores the function's config state, so without this the device would come out of
+        # reset still decoding and bus mastering, which a guest does not expect of a reset function.
+        cmd = self._cfg_rd[2](R.COMMAND)
+        self._cfg_wr[2](R.COMMAND, cmd & ~(R.COMMAND_IO | R.COMMAND_MEMORY | R.COMMAND_MASTER
+                                           | R.COMMAND_INTX_DISABLE))
         if device_reset:
             self.device.reset()
         self.config.reset()
