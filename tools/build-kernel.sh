@@ -48,7 +48,8 @@ for f in "${frags[@]}"; do [ -r "$f" ] || { log "config fragment $f missing"; ex
 # The tarball is identified by name, size and mtime (hashing 150 MB each call would
 # cost seconds); a new Debian source package changes all three.
 src_id=$(stat -c '%n %s %Y' "$tarball")
-cc_id=$(gcc --version 2>/dev/null | head -1 || echo nogcc)
+# sed, not head: head exits early, gcc gets SIGPIPE and pipefail would make the key racy
+cc_id=$(gcc --version 2>/dev/null | sed -n 1p)
 key=$( { printf '%s\n%s\n%s\n' "$variant" "$src_id" "$cc_id"; cat "${frags[@]}"; } | sha256sum | cut -c1-16)
 out=$cache/$variant-$key
 if [ -s "$out/bzImage" ] && [ "${VFIO_KERNEL_FORCE:-0}" != 1 ]; then

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from . import uapi
 from .dma import DmaSpace
 from .errors import UnsafeOperationError, VfioError, wrap_oserror
+from ._resource import Resource
 
 CONTAINER_PATH = "/dev/vfio/vfio"
 
@@ -48,7 +49,7 @@ class IommuInfo:
         return self.iova_pgsizes & -self.iova_pgsizes if self.iova_pgsizes else 0
 
 
-class Container(DmaSpace):
+class Container(DmaSpace, Resource):
     """An open ``/dev/vfio/vfio``.  A DMA space once an IOMMU model is set."""
 
     def __init__(self, path: str = CONTAINER_PATH):
@@ -202,8 +203,3 @@ class Container(DmaSpace):
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -29,6 +29,7 @@ from . import uapi
 from .backend import DeviceBackend
 from .errors import RegionAccessError, VfioError, wrap_oserror
 from .irq import EventFd
+from ._resource import Resource
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -393,7 +394,7 @@ class Region:
             self._maps.pop().close()
 
 
-class MappedRegion:
+class MappedRegion(Resource):
     """A region's mmap'ed view with typed accessors, like python-periphery's MMIO.
 
     Each accessor of width N is a single N-byte load or store (``ctypes``
@@ -520,19 +521,13 @@ class MappedRegion:
                 # a ctypes view still refers to the mapping; leave it to the GC
                 pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 # ---------------------------------------------------------------------------------------
 # Device
 # ---------------------------------------------------------------------------------------
 
 
-class IrqVectors:
+class IrqVectors(Resource):
     """Eventfds programmed as triggers for a range of vectors of one IRQ index.
 
     Owned by the :class:`Device`; ``close()`` disables the vectors in the device
@@ -559,14 +554,8 @@ class IrqVectors:
             for e in efds:
                 e.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Device:
+class Device(Resource):
     """A VFIO device over a backend: info, regions, IRQs, reset.
 
     Owns the backend and anything handed to it in ``owns`` (the group and
@@ -798,11 +787,6 @@ class Device:
     def closed(self) -> bool:
         return self.backend is None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self) -> str:
         return f"Device({self.name!r}, flags={self.info.flags:#x}, regions={self.info.num_regions}, irqs={self.info.num_irqs})"

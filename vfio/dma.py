@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from .errors import RegionAccessError
+from ._resource import Resource
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -31,7 +32,7 @@ def _round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-class DmaBuffer:
+class DmaBuffer(Resource):
     """Page-aligned memory for DMA: anonymous (default) or backed by a memfd
     (shareable with another process, e.g. a VMM's guest RAM).  Owns its mapping."""
 
@@ -78,12 +79,6 @@ class DmaBuffer:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class IovaAllocator:

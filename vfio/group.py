@@ -22,6 +22,7 @@ import re
 from . import uapi
 from .device import Device, KernelBackend
 from .errors import VfioError, wrap_oserror
+from ._resource import Resource
 
 VFIO_DEV_DIR = "/dev/vfio"
 SYSFS_PCI = "/sys/bus/pci/devices"
@@ -62,7 +63,7 @@ def group_path_of(bdf: str, sysfs: str = SYSFS_PCI, devdir: str = VFIO_DEV_DIR) 
                                   "(is the device bound to vfio-pci?)")
 
 
-class Group:
+class Group(Resource):
     """An open VFIO group node."""
 
     def __init__(self, path_or_id):
@@ -142,8 +143,3 @@ class Group:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -29,6 +29,7 @@ from .device import Device, KernelBackend
 from .dma import DmaSpace
 from .errors import VfioError, wrap_oserror
 from .group import SYSFS_PCI, normalize_bdf
+from ._resource import Resource
 
 IOMMU_PATH = "/dev/iommu"
 CDEV_DIR = "/dev/vfio/devices"
@@ -60,7 +61,7 @@ class HwInfo:
         return {"flags": v.flags, "cap_reg": v.cap_reg, "ecap_reg": v.ecap_reg}
 
 
-class IommuFD:
+class IommuFD(Resource):
     """An open ``/dev/iommu``."""
 
     def __init__(self, path: str = IOMMU_PATH):
@@ -112,12 +113,6 @@ class IommuFD:
         finally:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class IOAS(DmaSpace):

@@ -21,8 +21,10 @@ import selectors
 import time
 from typing import Callable, Iterable
 
+from ._resource import Resource
 
-class EventFd:
+
+class EventFd(Resource):
     """An owned, non-blocking eventfd.  ``read()`` returns the count since the last read."""
 
     __slots__ = ("fd", "label")
@@ -84,17 +86,12 @@ class EventFd:
     def closed(self) -> bool:
         return self.fd < 0
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self) -> str:
         return f"EventFd({self.label!r}, fd={self.fd})"
 
 
-class Dispatcher:
+class Dispatcher(Resource):
     """Waits on many eventfds at once and calls a handler per signalled one.
 
     One ``epoll`` (via ``selectors``) for any number of vectors; handlers get
@@ -128,8 +125,3 @@ class Dispatcher:
     def close(self) -> None:
         self._sel.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

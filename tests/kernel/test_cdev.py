@@ -19,7 +19,7 @@ from vfio import uapi
 from vfio.errors import VfioError
 from vfio.iommufd import IOAS, IommuFD, cdev_path_of, open_cdev_device
 
-import kernel_edu as edu_dev  # tests/kernel is on sys.path
+from tests.kernel import kernel_edu as edu_dev
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cdev]
 

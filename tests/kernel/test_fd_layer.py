@@ -19,7 +19,7 @@ import vfio
 from vfio import uapi
 from vfio.errors import RegionAccessError, VfioError
 
-import kernel_edu as edu_dev  # tests/kernel is on sys.path (pytest rootdir-less test dirs)
+from tests.kernel import kernel_edu as edu_dev
 
 pytestmark = pytest.mark.kernel
 

@@ -11,7 +11,7 @@ import pytest
 import vfio
 from vfio import uapi
 
-import kernel_edu as edu_dev  # tests/kernel is on sys.path
+from tests.kernel import kernel_edu as edu_dev
 
 pytestmark = [pytest.mark.kernel, pytest.mark.iommufd_container]
 

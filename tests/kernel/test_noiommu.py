@@ -13,7 +13,7 @@ import vfio
 from vfio import uapi
 from vfio.errors import UnsafeOperationError
 
-import kernel_edu as edu_dev  # tests/kernel is on sys.path
+from tests.kernel import kernel_edu as edu_dev
 
 pytestmark = pytest.mark.noiommu
 
