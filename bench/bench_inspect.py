@@ -27,12 +27,13 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict | None = None) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     dt = time.perf_counter() - t0
     if r.returncode not in (0, 3):          # vfio-inspect 3: shown, a part unreadable (e.g. not root)
         raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr.strip()[:300]}")
@@ -60,15 +61,21 @@ def main(argv=None) -> int:
         "python -c pass": [py, "-c", "pass"],
     }
     times: dict[str, list[float]] = {k: [] for k in cmds}
-    try:
-        for c in cmds.values():             # warm the page cache and the .pyc files
-            timed(c)
-        for _ in range(a.repeat):
-            for k, c in cmds.items():
-                times[k].append(timed(c))
-    except RuntimeError as e:
-        print(f"bench_inspect: {e}", file=sys.stderr)
-        return 1
+    # An installed package has its .pyc files; a work tree run with
+    # PYTHONDONTWRITEBYTECODE would recompile every module on every run and
+    # time the compiler.  Bytecode goes to a throw-away cache instead.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory(prefix="bench-inspect-") as cache:
+        env["PYTHONPYCACHEPREFIX"] = cache
+        try:
+            for c in cmds.values():             # warm the page cache and the .pyc files
+                timed(c, env)
+            for _ in range(a.repeat):
+                for k, c in cmds.items():
+                    times[k].append(timed(c, env))
+        except RuntimeError as e:
+            print(f"bench_inspect: {e}", file=sys.stderr)
+            return 1
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["lspci -vvv"]
     res = {"devices": len(bdfs), "repeat": a.repeat, "root": "live host" if a.root == "/" else "captured tree",

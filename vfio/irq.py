@@ -15,7 +15,6 @@ wait).  Programming them into the device is :class:`vfio.device.Device`'s job.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import selectors
 import time
@@ -65,6 +64,7 @@ class EventFd(Resource):
 
     async def wait_async(self) -> int:
         """Wait in an asyncio loop; returns the count."""
+        import asyncio      # here, not at module level: it costs ~50 ms of every tool's start-up
         loop = asyncio.get_running_loop()
         while True:
             fut = loop.create_future()

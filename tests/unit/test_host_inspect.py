@@ -63,7 +63,7 @@ def test_no_iommu_is_said_plainly():
     assert rc == 0
     assert "IOMMU: none -- the kernel made no IOMMU groups" in text
     assert "Devices without an IOMMU group:" in text
-    assert "0000:00:02.0 holds the root filesystem" in text
+    assert "IN USE: holds the root filesystem (/dev/vda mounted on /)" in text
     doc = json.loads(run("--root", VIRTIO, "--json")[1])
     assert doc["iommu"] is False and doc["groups"] == []
     assert all(d["viable"] is False and "no IOMMU group" in d["why_not_viable"] for d in doc["devices"])

@@ -315,7 +315,9 @@ def render_host(rep: dict, out) -> None:
         if d["driver_override"]:
             extra.append(f"override: {d['driver_override']}")
         if d["in_use"]:
-            extra.append("IN USE: " + "; ".join(u["detail"].split(": ", 1)[-1] for u in d["in_use"]))
+            # the details start with the BDF, already at the start of the line
+            extra.append("IN USE: " + "; ".join(u["detail"].removeprefix(d["bdf"]).lstrip(": ")
+                                                for u in d["in_use"]))
         return f"  {d['bdf']} {_ident(d)}  " + ", ".join(extra)
 
     for g in rep["groups"]:
