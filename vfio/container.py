@@ -82,12 +82,19 @@ class Container(DmaSpace, Resource):
         return uapi.ioctl(self._fd(), uapi.VFIO_CHECK_EXTENSION, ext, self._what(f"VFIO_CHECK_EXTENSION {ext}"))
 
     def extensions(self) -> dict:
+        """The IOMMU types and container features the kernel offers (CHECK_EXTENSION
+        of each).  DMA coherency is a property of the attached domain, not an
+        offer: ask :meth:`dma_coherent` once a group is in."""
         names = {"TYPE1": uapi.VFIO_TYPE1_IOMMU, "SPAPR_TCE": uapi.VFIO_SPAPR_TCE_IOMMU,
-                 "TYPE1v2": uapi.VFIO_TYPE1v2_IOMMU, "DMA_CC": uapi.VFIO_DMA_CC_IOMMU,
-                 "EEH": uapi.VFIO_EEH, "TYPE1_NESTING": uapi.VFIO_TYPE1_NESTING_IOMMU,
+                 "TYPE1v2": uapi.VFIO_TYPE1v2_IOMMU, "EEH": uapi.VFIO_EEH, "TYPE1_NESTING": uapi.VFIO_TYPE1_NESTING_IOMMU,
                  "SPAPR_TCE_v2": uapi.VFIO_SPAPR_TCE_v2_IOMMU, "NOIOMMU": uapi.VFIO_NOIOMMU_IOMMU,
                  "UNMAP_ALL": uapi.VFIO_UNMAP_ALL, "UPDATE_VADDR": uapi.VFIO_UPDATE_VADDR}
         return {n: self.check_extension(v) for n, v in names.items()}
+
+    def dma_coherent(self) -> bool:
+        """CHECK_EXTENSION(VFIO_DMA_CC_IOMMU): whether the IOMMU enforces cache-coherent
+        DMA.  iommufd's container emulation answers ENODEV before an IOMMU is set."""
+        return bool(self.check_extension(uapi.VFIO_DMA_CC_IOMMU))
 
     def set_iommu(self, iommu_type: int | None = None) -> int:
         """Select the IOMMU model (needs a group attached).  Default: type1v2, or

@@ -722,6 +722,54 @@ class Device(Resource):
         self._extra_efds.append(e)
         return e
 
+    # ---- device features (VFIO_DEVICE_FEATURE) ------------------------------------------
+    def feature(self, feature: int, flags: int, data: bytes = b"") -> bytes:
+        """Raw VFIO_DEVICE_FEATURE: ``flags`` is GET/SET/PROBE; returns the data part
+        as the kernel left it (what a GET filled in)."""
+        hdr = uapi.vfio_device_feature(ctypes.sizeof(uapi.vfio_device_feature) + len(data),
+                                       (feature & uapi.VFIO_DEVICE_FEATURE_MASK) | flags)
+        out = self._be.feature(bytes(hdr) + bytes(data))
+        return out[ctypes.sizeof(uapi.vfio_device_feature):]
+
+    def supports_feature(self, feature: int, get: bool = False, set: bool = False) -> bool:
+        """PROBE a feature (with the GET/SET access asked for).  The kernel's ENOTTY
+        (unknown or unsupported feature) is the answer False; other errors raise."""
+        flags = uapi.VFIO_DEVICE_FEATURE_PROBE | (uapi.VFIO_DEVICE_FEATURE_GET if get else 0) | \
+            (uapi.VFIO_DEVICE_FEATURE_SET if set else 0)
+        try:
+            self.feature(feature, flags)
+        except VfioError as e:
+            if e.errno == errno.ENOTTY:
+                return False
+            raise
+        return True
+
+    def migration_flags(self) -> int:
+        """VFIO_MIGRATION_* flags of a migratable device (ENOTTY if it is not)."""
+        data = self.feature(uapi.VFIO_DEVICE_FEATURE_MIGRATION, uapi.VFIO_DEVICE_FEATURE_GET,
+                            bytes(uapi.vfio_device_feature_migration()))
+        return uapi.vfio_device_feature_migration.from_buffer_copy(data).flags
+
+    def migration_state(self) -> int:
+        """The device's VFIO_DEVICE_STATE_* (a state accessor: no side effect)."""
+        data = self.feature(uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, uapi.VFIO_DEVICE_FEATURE_GET,
+                            bytes(uapi.vfio_device_feature_mig_state(data_fd=-1)))
+        return uapi.vfio_device_feature_mig_state.from_buffer_copy(data).device_state
+
+    def set_migration_state(self, state: int) -> int:
+        """Move the migration FSM to ``state``; returns the data fd the arc opened, or -1.
+        The caller owns a returned fd."""
+        data = self.feature(uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, uapi.VFIO_DEVICE_FEATURE_SET,
+                            bytes(uapi.vfio_device_feature_mig_state(device_state=state, data_fd=-1)))
+        return uapi.vfio_device_feature_mig_state.from_buffer_copy(data).data_fd
+
+    def low_power_entry(self) -> None:
+        """Let the device enter D3cold-capable low power (vfio-pci runtime PM)."""
+        self.feature(uapi.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, uapi.VFIO_DEVICE_FEATURE_SET)
+
+    def low_power_exit(self) -> None:
+        self.feature(uapi.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, uapi.VFIO_DEVICE_FEATURE_SET)
+
     # ---- resets (commands) -----------------------------------------------------------
     def reset(self) -> None:
         self._be.reset()

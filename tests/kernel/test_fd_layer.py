@@ -64,9 +64,11 @@ def test_container_group_device_setup(edu_bdf, harness_kernel):
             assert c.set_iommu() == uapi.VFIO_TYPE1v2_IOMMU
             info = c.iommu_info()
             assert info.iova_pgsizes & 0x1000
+            if harness_kernel != "iommufd-container":
+                # type1 counts down from vfio_iommu_type1.dma_entry_limit (65535 by default)
+                assert 0 < info.dma_avail <= 65535
             # the x86 MSI window is never usable IOVA space
             assert not any(s <= 0xFEE00000 <= e for s, e in info.iova_ranges)
-            assert info.dma_avail is None or info.dma_avail > 0
             with g.open_device(edu_bdf) as dev:
                 assert dev.info.is_pci and not dev.info.is_platform
                 assert dev.info.num_regions >= 9 and dev.info.num_irqs == 5
@@ -348,3 +350,14 @@ def test_closing_releases_everything(edu_bdf):
     # the group can be opened again: nothing kept it busy
     with vfio.Group(group_path) as g:
         assert g.viable
+
+
+def test_device_features(edu):
+    # vfio-pci implements the low-power features; edu has no migration driver
+    assert edu.supports_feature(uapi.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, set=True)
+    assert not edu.supports_feature(uapi.VFIO_DEVICE_FEATURE_MIGRATION, get=True)
+    with pytest.raises(VfioError) as ei:
+        edu.migration_flags()
+    assert ei.value.errno == errno.ENOTTY and "VFIO_DEVICE_FEATURE 1" in str(ei.value)
+    # a feature index the kernel does not know at all
+    assert not edu.supports_feature(0x7FF0, get=True)

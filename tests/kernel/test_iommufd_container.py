@@ -1,7 +1,8 @@
 """The legacy container API served by iommufd (CONFIG_IOMMUFD_VFIO_CONTAINER).
 
 The same container code as on the native type1 container; iommufd's emulation
-reports every page size from 4 KiB up and offers the no-IOMMU type.
+offers the no-IOMMU type and reports no limit on the number of DMA mappings
+(DMA_AVAIL = U32_MAX), where type1 counts them down from its dma_entry_limit.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def test_iommufd_backed_container_dma(edu_bdf):
         c = dev.container
         assert c.iommu_type == uapi.VFIO_TYPE1v2_IOMMU
         info = c.iommu_info()
-        assert info.iova_pgsizes == 0xFFFFFFFFFFFFF000
+        assert info.iova_pgsizes & 0x1000
+        assert info.dma_avail == 0xFFFFFFFF
         assert c.check_extension(uapi.VFIO_NOIOMMU_IOMMU) == 1
         edu_dev.bus_master(dev)
         m = c.alloc(0x2000, limit=edu_dev.DMA_MASK)

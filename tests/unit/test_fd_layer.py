@@ -305,3 +305,11 @@ def test_open_pci_device_errors_name_the_device(tmp_path):
     (tmp_path / "0000:00:04.0").mkdir()
     with pytest.raises(VfioError, match="has no IOMMU group"):
         vfio.iommu_group_of("0000:00:04.0", sysfs=str(tmp_path))
+
+
+def test_features_on_replay_are_not_supported(edu):
+    # replay captures no features; like a kernel without them it answers ENOTTY
+    assert not edu.supports_feature(uapi.VFIO_DEVICE_FEATURE_MIGRATION, get=True)
+    with pytest.raises(VfioError) as ei:
+        edu.migration_state()
+    assert ei.value.errno == errno.ENOTTY
