@@ -141,3 +141,20 @@ def test_group_and_cdev_are_exclusive(edu_bdf):
         with pytest.raises(VfioError) as ei:
             open_cdev_device(edu_bdf)
         assert ei.value.errno in (errno.EBUSY, errno.EINVAL)
+
+
+def test_vfio_inspect_reports_interfaces_and_the_one_it_used(edu_bdf):
+    import json
+    import subprocess
+    import sys
+
+    def inspect(*args):
+        r = subprocess.run([sys.executable, "-m", "vfio.host.inspect", "--json", *args],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+    host = inspect()
+    assert host["interfaces"]["cdev"] is True and host["interfaces"]["container"] is True
+    dev = inspect(edu_bdf)
+    assert dev["vfio"]["interface"] == "container"      # auto: the container while there is one
+    assert dev["vfio"]["regions"][0]["size"] == 1 << 20
