@@ -22,21 +22,14 @@ import fcntl
 import glob
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from timing import best  # noqa: E402
 import vfio  # noqa: E402
 from vfio import uapi  # noqa: E402
 
-
-def best(fn, repeat):
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return min(out)
 
 
 def first_vfio_bdf():

@@ -23,21 +23,14 @@ import ctypes
 import os
 import select
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from timing import best  # noqa: E402
 from vfio.irq import Dispatcher, EventFd  # noqa: E402
 from vfio.record.replay import open_replay  # noqa: E402
 
-
-def best(fn, repeat):
-    t = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return min(t)
 
 
 def bench_read32(dev, n, repeat):

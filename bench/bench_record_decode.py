@@ -15,9 +15,13 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
-import time
 
-from vfio.record import format as F
+import os
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import best  # noqa: E402
+
+from vfio.record import format as F  # noqa: E402
 
 
 def make_file(n: int) -> bytes:
@@ -57,14 +61,6 @@ def baseline(b: bytes) -> int:
         pos = (pos + ln + 7) & ~7
     return count
 
-
-def best(fn, repeat: int) -> float:
-    t = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return min(t)
 
 
 def main(argv=None) -> int:
