@@ -166,7 +166,9 @@ class Container(DmaSpace, Resource):
 
     # ---- DmaSpace primitives -----------------------------------------------------------
     def iova_ranges(self) -> list:
-        return list((self._info or self.iommu_info()).iova_ranges)
+        # asked afresh: the ranges shrink as devices attach (iommufd's container emulation
+        # attaches a device only when its fd is opened); the allocator takes them at first use
+        return list(self.iommu_info().iova_ranges)
 
     @property
     def min_page_size(self) -> int:
