@@ -27,14 +27,6 @@ import pytest
 KERNEL_MARKERS = ("kernel", "cdev", "noiommu", "iommufd_container", "native_drivers")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Routes tests to tools/run-kernel-tests' host-tools leg; also mark them `kernel`.
-    config.addinivalue_line(
-        "markers",
-        "native_drivers: needs nvme and e1000e on their own drivers and edu on vfio-pci "
-        "(tools/vfio-harness --devices edu,nvme,e1000e --bind edu; the host-tools leg)")
-
-
 def in_harness_guest() -> bool:
     """True when running inside a guest booted by tools/vfio-harness."""
     return os.environ.get("VFIO_HARNESS") == "1"
