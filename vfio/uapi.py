@@ -694,12 +694,6 @@ def ioctl(fd: int, request: int, arg=0, what: str = "") -> int:
         raise VfioError(e.errno if e.errno is not None else errno.EIO, what or f"ioctl {request:#x}") from None
 
 
-def ioctl_struct(fd: int, request: int, st: ctypes.Structure, what: str) -> ctypes.Structure:
-    """ioctl with a fixed-size struct filled in place; returns the struct."""
-    ioctl(fd, request, st, what)
-    return st
-
-
 def build_irq_set(flags: int, index: int, start: int, count: int, data: bytes = b"") -> bytearray:
     """A complete ``struct vfio_irq_set`` (header + data), with argsz covering both."""
     hdr = vfio_irq_set(ctypes.sizeof(vfio_irq_set) + len(data), flags, index, start, count)
