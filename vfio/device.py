@@ -317,11 +317,12 @@ def _chunks(offset: int, length: int):
                 break
 
 
-class Region:
+class Region(Resource):
     """One region of a device, accessed with pread/pwrite (always possible when the
     region is readable/writable), with typed little-endian accessors.
 
-    ``map()`` gives the mmap'ed view (:class:`MappedRegion`) for fast MMIO.
+    ``map()`` gives the mmap'ed view (:class:`MappedRegion`) for fast MMIO;
+    ``close()`` (or leaving a ``with`` block) unmaps every view made from it.
     """
 
     def __init__(self, device: "Device", info: RegionInfo):

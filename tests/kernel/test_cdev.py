@@ -135,12 +135,24 @@ def test_two_devices_share_one_ioas(edu_bdf, nvme_bdf):
             m.unmap()
 
 
-def test_group_and_cdev_are_exclusive(edu_bdf):
+def _open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_group_and_cdev_are_exclusive_and_a_failed_open_leaks_nothing(edu_bdf):
+    before = _open_fds()
     # a device opened through its group cannot also be bound through its cdev
     with vfio.open_pci_device(edu_bdf, interface="container"):
+        during = _open_fds()
         with pytest.raises(VfioError) as ei:
-            open_cdev_device(edu_bdf)
-        assert ei.value.errno in (errno.EBUSY, errno.EINVAL)
+            open_cdev_device(edu_bdf)        # opens /dev/iommu, an IOAS and the cdev, then BIND fails
+        assert ei.value.errno in (errno.EBUSY, errno.EINVAL) and "BIND_IOMMUFD" in str(ei.value)
+        assert _open_fds() == during
+        with pytest.raises(VfioError) as ei:
+            vfio.open_pci_device(edu_bdf, interface="container")     # the group is open already
+        assert ei.value.errno == errno.EBUSY and "open VFIO group" in str(ei.value)
+        assert _open_fds() == during
+    assert _open_fds() == before
 
 
 def test_vfio_inspect_reports_interfaces_and_the_one_it_used(edu_bdf):

@@ -313,3 +313,11 @@ def test_features_on_replay_are_not_supported(edu):
     with pytest.raises(VfioError) as ei:
         edu.migration_state()
     assert ei.value.errno == errno.ENOTTY
+
+
+def test_region_context_closes_its_mappings(edu):
+    with edu.region(0) as r:
+        bar = r.map()
+        assert bar.read32(0) == 0x010000ED
+    with pytest.raises(RegionAccessError, match="closed"):
+        bar.read32(0)
