@@ -38,8 +38,8 @@ import struct
 from .. import uapi
 from ..errors import VfioError
 from . import format as F
-from ..pci.config import walk_capabilities
-from ..pci.regs import CAP_ID_EXP as PCI_CAP_ID_EXP, CAP_ID_MSI as PCI_CAP_ID_MSI, CAP_ID_MSIX as PCI_CAP_ID_MSIX
+from ..pci.config import ConfigSpace
+from ..pci.regs import CAP_ID_EXP
 
 SYSFS_PCI = "/sys/bus/pci/devices"
 _BDF = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
@@ -54,17 +54,17 @@ def _pci_info(name: str) -> F.PciInfo | None:
     return F.PciInfo(int(m[1], 16), int(m[2], 16), int(m[3], 16), int(m[4], 16))
 
 
-def _bar_info(cfg: bytes, index: int) -> F.PciBarInfo | None:
-    """BAR type from the low bits of the BAR register in (captured) config space."""
+_BAR_KIND = {"io": F.BAR_PIO, "mem32": F.BAR_MMIO32, "mem64": F.BAR_MMIO64}
+
+
+def _bar_info(cs: ConfigSpace | None, index: int) -> F.PciBarInfo | None:
+    """BAR type of region ``index`` as the (captured) config space decodes it."""
     if index == uapi.VFIO_PCI_ROM_REGION_INDEX:
         return F.PciBarInfo(F.BAR_ROM, index)
-    if len(cfg) < 0x10 + 4 * index + 4:
+    bar = cs.bar(index) if cs is not None else None
+    if bar is None:
         return None
-    low = struct.unpack_from("<I", cfg, 0x10 + 4 * index)[0]
-    if low & 1:
-        return F.PciBarInfo(F.BAR_PIO, index)
-    kind = F.BAR_MMIO64 if low & 0x6 == 0x4 else F.BAR_MMIO32
-    return F.PciBarInfo(kind, index, F.BAR_PREFETCHABLE if low & 0x8 else 0)
+    return F.PciBarInfo(_BAR_KIND[bar.kind], index, F.BAR_PREFETCHABLE if bar.prefetchable else 0)
 
 
 def _resources(bdf: str, sysfs: str) -> list[tuple[int, int, int]]:
@@ -114,6 +114,7 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str
         except VfioError as e:
             if e.errno != errno.EINVAL:
                 raise
+    cs = ConfigSpace(cfg, allow_short=True, source=f"config space of {dev.name}") if len(cfg) >= 0x40 else None
     for index in range(info.num_regions):
         try:
             ri = dev.region_info(index)
@@ -126,7 +127,7 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str
         addr = 0
         is_cfg = info.is_pci and index == uapi.VFIO_PCI_CONFIG_REGION_INDEX
         if info.is_pci and index <= uapi.VFIO_PCI_ROM_REGION_INDEX and ri.size:
-            bar = _bar_info(cfg, index)
+            bar = _bar_info(cs, index)
             if bar is not None:
                 kids.append(bar)
             if index < len(resources) and resources[index][0]:
@@ -185,13 +186,9 @@ def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
     if len(cfg) < 0x40:
         raise ValueError(f"{cpath}: only {len(cfg)} bytes readable, less than the 64-byte header")
     resources = _resources(bdf, sysfs)
-    try:
-        caps = {cid: pos for pos, cid, _ in walk_capabilities(cfg)}
-    except ValueError as e:
-        raise ValueError(f"{cpath}: {e}") from None
-    msix_bar = None
-    if PCI_CAP_ID_MSIX in caps and len(cfg) >= caps[PCI_CAP_ID_MSIX] + 8:
-        msix_bar = struct.unpack_from("<I", cfg, caps[PCI_CAP_ID_MSIX] + 4)[0] & 0x7
+    cs = ConfigSpace(cfg, allow_short=True, source=cpath)
+    msi_cap, msix_cap, pcie_cap = cs.msi, cs.msix, cs.find(CAP_ID_EXP)   # raises, naming cpath, if corrupt
+    msix_bar = msix_cap.table_bir if msix_cap is not None else None
     has_reset = os.path.exists(os.path.join(ddir, "reset"))
     is_vga = cfg[0x0B] == 0x03 and cfg[0x0A] == 0x00
     vflags = uapi.VFIO_DEVICE_FLAGS_PCI | (uapi.VFIO_DEVICE_FLAGS_RESET if has_reset else 0)
@@ -204,7 +201,7 @@ def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
         if not size:
             recs.append(F.Region(index, 0, offset, 0, 0, [F.RegionInfo(0)]))
             continue
-        kids = [_bar_info(cfg, index)] if len(cfg) >= 0x28 or index == 6 else []
+        kids = [_bar_info(cs, index)]
         caps_b = b""
         if index == uapi.VFIO_PCI_ROM_REGION_INDEX:
             flags = F.REGION_READ | F.REGION_ROM
@@ -226,16 +223,12 @@ def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
     noresize = ev | uapi.VFIO_IRQ_INFO_NORESIZE
     recs.append(F.Interrupt(uapi.VFIO_PCI_INTX_IRQ_INDEX,
                             ev | uapi.VFIO_IRQ_INFO_MASKABLE | uapi.VFIO_IRQ_INFO_AUTOMASKED, 1 if cfg[0x3D] else 0))
-    msi = 0
-    if PCI_CAP_ID_MSI in caps:
-        msi = 1 << ((struct.unpack_from("<H", cfg, caps[PCI_CAP_ID_MSI] + 2)[0] & 0x0E) >> 1)
+    msi = msi_cap.vectors_capable if msi_cap is not None else 0
     recs.append(F.Interrupt(uapi.VFIO_PCI_MSI_IRQ_INDEX, noresize, msi))
-    msix = 0
-    if PCI_CAP_ID_MSIX in caps:
-        msix = (struct.unpack_from("<H", cfg, caps[PCI_CAP_ID_MSIX] + 2)[0] & 0x7FF) + 1
+    msix = msix_cap.table_size if msix_cap is not None else 0
     # MSI-X is NORESIZE unless the platform supports dynamic allocation, which sysfs does not show
     recs.append(F.Interrupt(uapi.VFIO_PCI_MSIX_IRQ_INDEX, noresize, msix))
-    if PCI_CAP_ID_EXP in caps:
+    if pcie_cap is not None:
         recs.append(F.Interrupt(uapi.VFIO_PCI_ERR_IRQ_INDEX, noresize, 1))
     recs.append(F.Interrupt(uapi.VFIO_PCI_REQ_IRQ_INDEX, noresize, 1))
     missing = ("; from sysfs, not through VFIO: region and IRQ info synthesized as vfio-pci would report "
