@@ -568,6 +568,9 @@ class Device(Resource):
     dma = None
     #: How the device was opened: "container", "cdev", "noiommu", "replay" or None.
     interface = None
+    #: The Group and Container it was opened through (container path), else None.
+    group = None
+    container = None
 
     def __init__(self, backend: DeviceBackend, owns: Sequence = ()):
         self.backend = backend

@@ -229,28 +229,25 @@ def test_edu_dma_round_trip_through_iommu(edu):
     _bus_master(edu)
     space = edu.dma
     assert isinstance(space, vfio.Container)
-    m = space.alloc(0x2000, limit=EDU_DMA_MASK)
-    assert m.iova % 0x1000 == 0 and m.iova + m.size <= EDU_DMA_MASK
-    pattern = bytes((i * 7 + 3) & 0xFF for i in range(1024))
-    m.buffer.write(0, pattern)
-    with edu.region(0).map() as bar:
-        vec = edu.enable_irq(uapi.VFIO_PCI_MSI_IRQ_INDEX)
-        edu_dev.dma(bar, m.iova, EDU_DMA_BUF, len(pattern))
-        edu_dev.dma(bar, EDU_DMA_BUF, m.iova + 0x1000, len(pattern), to_ram=True, irq=True)
-        assert vec[0].wait(10) >= 1
-        assert bar.read32(0x24) & 0x100
-        bar.write32(0x64, bar.read32(0x24))
-        assert m.buffer.read(0x1000, len(pattern)) == pattern
-        # after unmapping, the device's DMA to that IOVA no longer lands in our memory
-        keep = m.buffer
-        iova = m.iova
-        space._mappings.remove(m)          # keep the buffer alive to look at it afterwards
-        assert space.unmap_dma(iova, m.size) == m.size
-        space.allocator.free(iova)
-        keep.write(0x1000, bytes(len(pattern)))
-        edu_dev.dma(bar, EDU_DMA_BUF, iova + 0x1000, len(pattern), to_ram=True)
-        assert keep.read(0x1000, len(pattern)) == bytes(len(pattern))
-        keep.close()
+    with vfio.DmaBuffer(0x2000) as buf:             # caller-owned: outlives its mapping
+        m = space.map(buf, limit=EDU_DMA_MASK)
+        assert m.iova % 0x1000 == 0 and m.iova + m.size <= EDU_DMA_MASK
+        pattern = bytes((i * 7 + 3) & 0xFF for i in range(1024))
+        buf.write(0, pattern)
+        with edu.region(0).map() as bar:
+            vec = edu.enable_irq(uapi.VFIO_PCI_MSI_IRQ_INDEX)
+            edu_dev.dma(bar, m.iova, EDU_DMA_BUF, len(pattern))
+            edu_dev.dma(bar, EDU_DMA_BUF, m.iova + 0x1000, len(pattern), to_ram=True, irq=True)
+            assert vec[0].wait(10) >= 1
+            assert bar.read32(0x24) & 0x100
+            bar.write32(0x64, bar.read32(0x24))
+            assert buf.read(0x1000, len(pattern)) == pattern
+            # after unmapping, the device's DMA to that IOVA no longer lands in our memory
+            iova = m.iova
+            assert m.unmap() == m.size
+            buf.write(0x1000, bytes(len(pattern)))
+            edu_dev.dma(bar, EDU_DMA_BUF, iova + 0x1000, len(pattern), to_ram=True)
+            assert buf.read(0x1000, len(pattern)) == bytes(len(pattern))
 
 
 def test_dma_errors(edu):
