@@ -15,9 +15,16 @@ acknowledge 0x64; DMA source 0x80, destination 0x88, count 0x90, command 0x98
 the device is 4 KiB at 0x40000; DMA addresses are 28 bits; only 4- and 8-byte
 accesses.
 
+A transfer must fit edu's buffer, and QEMU does not fail it politely: an
+out-of-bounds one stops the whole VM (``hw_error("EDU: DMA range ... out of
+bounds")``).  QEMU up to 7.2 also demands that the transfer's *end*
+(start + count) lie inside the buffer, so a transfer starting at 0x40000 moves
+at most 4095 bytes there, and never 0.  This driver refuses a transfer outside
+1..4095 bytes before touching the device.
+
 Usage (as root, edu bound to vfio-pci)::
 
-    python3 examples/edu_driver.py 0000:00:04.0 [--factorial 10]
+    python3 examples/edu_driver.py 0000:00:04.0 [--factorial 10] [--dma-bytes 1024]
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ STATUS_IRQ_ON_DONE = 0x80
 DMA_RUN, DMA_TO_RAM, DMA_IRQ = 0x1, 0x2, 0x4
 DMA_IRQ_BIT = 0x100                 # edu's interrupt status bit for DMA completion
 EDU_BUFFER = 0x40000
+# edu checks start <= end < buffer end with end = start + count (QEMU <= 7.2; later
+# versions accept 4096), so from the buffer's start at most 4095 bytes, and at least 1
+EDU_DMA_MAX = 4095
 
 
 class EduError(RuntimeError):
@@ -103,8 +113,7 @@ class Edu:
 
     def dma_round_trip(self, data: bytes) -> bytes:
         """RAM -> edu buffer (polled), edu buffer -> RAM (interrupt at completion); returns what came back."""
-        if len(data) > 4096:
-            raise EduError("edu's DMA buffer is 4 KiB")
+        check_dma_size(len(data))
         ram = self.pt.map_guest_memory(RAM_GPA, 0x2000)
         try:
             self.pt.guest_write(RAM_GPA, data)
@@ -124,18 +133,28 @@ class Edu:
         self.w64(DMA_CMD, cmd)
 
 
+def check_dma_size(n: int) -> None:
+    """Refuse a DMA edu would stop the VM for (see the module docstring)."""
+    if not 1 <= n <= EDU_DMA_MAX:
+        raise EduError(f"a DMA of {n} bytes: edu moves 1 to {EDU_DMA_MAX} bytes to or from its buffer "
+                       f"at {EDU_BUFFER:#x} (QEMU stops the VM on anything else)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bdf", help="PCI address of the edu device, bound to vfio-pci")
     ap.add_argument("--factorial", type=int, default=10, metavar="N")
+    ap.add_argument("--dma-bytes", type=int, default=1024, metavar="N",
+                    help=f"size of the DMA round trip, 1 to {EDU_DMA_MAX} (default 1024)")
     ap.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args(argv)
     try:
+        check_dma_size(args.dma_bytes)
         with PassthroughDevice.open(args.bdf) as pt:
             edu = Edu(pt, args.timeout)
             live = edu.liveness(0x12345678)
             fact = edu.factorial(args.factorial)
-            pattern = bytes((i * 7 + 3) & 0xFF for i in range(1024))
+            pattern = bytes((i * 7 + 3) & 0xFF for i in range(args.dma_bytes))
             back = edu.dma_round_trip(pattern)
     except (EduError, OSError, ValueError) as e:
         print(f"edu_driver: {args.bdf}: {e}", file=sys.stderr)

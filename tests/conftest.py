@@ -1,7 +1,7 @@
 """Test-suite wide policy for tests that need the real kernel.
 
-Tests marked ``kernel``, ``cdev``, ``noiommu``, ``iommufd_container`` or
-``native_drivers`` need the real vfio-pci driver and only pass inside the QEMU guest that
+Tests marked ``kernel``, ``cdev``, ``noiommu``, ``iommufd_container``,
+``native_drivers`` or ``virtio_iommu`` need the real vfio-pci driver and only pass inside the QEMU guest that
 ``tools/vfio-harness`` boots (``tools/run-kernel-tests`` runs them as a matrix
 of kernels).  On a plain host a developer's ``pytest`` must still be clean and
 honest, so here they are *deselected* -- not skipped: a skip would be counted
@@ -24,7 +24,7 @@ import os
 import pytest
 
 #: Markers of tests that need the real kernel (see pyproject's marker list).
-KERNEL_MARKERS = ("kernel", "cdev", "noiommu", "iommufd_container", "native_drivers")
+KERNEL_MARKERS = ("kernel", "cdev", "noiommu", "iommufd_container", "native_drivers", "virtio_iommu")
 
 
 def in_harness_guest() -> bool:

@@ -3,6 +3,7 @@
 #
 #   1. tools/setup.sh               packages + editable install (fast when done)
 #   2. unit tests on the host       pytest tests -m "not kernel and not cdev and not noiommu and not iommufd_container"
+#      then tools/fuzz-records       3000 seeded record-file mutations (FUZZ_CASES=N to change; counts as one test)
 #   3. tools/build-kernel.sh        both built guest kernels (cached after the first run)
 #   4. tools/run-kernel-tests       the real-kernel matrix in QEMU guests
 # and ends with one line `total: N passed, N failed[, N skipped]`, alone on the
@@ -44,6 +45,17 @@ case $unit_rc in
 esac
 mark "unit tests" $t
 
+# ---- record-file fuzz (tools/fuzz-records; the full 100,000 is run by hand) ----------
+t=$SECONDS; step "record fuzz"
+"$py" tools/fuzz-records --cases "${FUZZ_CASES:-3000}" --seed 1 --jobs 2 --quiet 2>&1 | tee "$out/fuzz-records.log"
+fuzz_rc=${PIPESTATUS[0]}
+fuzz_line="fuzz: 1 passed, 0 failed"
+if [ "$fuzz_rc" != 0 ] || ! tail -1 "$out/fuzz-records.log" | grep -q '^fuzz-records: PASS'; then
+    echo "test.sh: record fuzz failed (tools/fuzz-records exit $fuzz_rc; see $out/fuzz-records.log)"
+    fuzz_line="fuzz: 0 passed, 1 failed"; fail=1
+fi
+mark "record fuzz" $t
+
 t=$SECONDS; step "guest kernels"
 for v in container iommufd-container; do
     bash tools/build-kernel.sh "$v" || { echo "test.sh: building the $v kernel failed"; fail=1; }
@@ -68,8 +80,9 @@ echo "=== timing ==="
 printf '%s\n' "${timing[@]}"
 echo "$unit_line"
 echo "$km"
-# sum "N passed, N failed, N skipped" over the two lines
-total=$(printf '%s\n%s\n' "$unit_line" "$km" | awk '
+echo "$fuzz_line"
+# sum "N passed, N failed, N skipped" over the three lines
+total=$(printf '%s\n%s\n%s\n' "$unit_line" "$km" "$fuzz_line" | awk '
     { for (i = 2; i < NF; i++) { n = $i + 0; w = $(i + 1); sub(/,$/, "", w); c[w] += n } }
     END { s = sprintf("total: %d passed, %d failed", c["passed"], c["failed"]);
           if (c["skipped"] > 0) s = s sprintf(", %d skipped", c["skipped"]); print s }')

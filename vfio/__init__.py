@@ -10,13 +10,20 @@ Layers, bottom up:
 * :mod:`vfio.pci` -- config space decoding, virtual config space, passthrough model.
 * :mod:`vfio.host` -- sysfs model, ``vfio-inspect``, ``vfio-assign``.
 
-Opening a device::
+Opening a device (here the first of QEMU's edu devices bound to vfio-pci)::
 
     import vfio
-    with vfio.open_pci_device("0000:00:04.0") as dev:        # group + container, type1v2
+    from vfio.host.sysfs import Host
+    bdf = Host().find("1234:11e8")[0].bdf                     # or an address: "0000:00:04.0"
+    with vfio.open_pci_device(bdf) as dev:                    # group + container, type1v2
         bar0 = dev.region(0).map()
         print(hex(bar0.read32(0)))
+        dev.enable_bus_master()                               # DMA and MSI need it
         buf = dev.dma.alloc(4096)                             # mapped for DMA at buf.iova
+        buf.write(0, b"data for the device")
+
+A second device of the same IOMMU group, or one that should share the first's
+DMA space, is opened with ``vfio.open_pci_device(bdf2, container=dev.container)``.
 """
 
 from __future__ import annotations
@@ -46,10 +53,29 @@ def open_pci_device(bdf: str, interface: str = "auto", container: Container | No
     host has ``/dev/vfio/vfio``, else the cdev.  The returned Device owns what was
     created for it; its ``.dma`` is the DMA space (container or IOAS; ``None`` in
     no-IOMMU mode) and ``.interface`` says which path was used.
+
+    ``container`` (implies the container interface): put the device's group in
+    this container (so devices of several groups share one DMA space), or, when
+    the container already holds the group (a second device of the group), open
+    the device through that group.  The caller keeps owning a container it
+    passed in.
+
+    Closing the device releases, in order: the device fd (vfio-pci resets and
+    disables the device), then, if no other device was opened through it, the
+    group -- a group leaving its container last first unmaps the container's DMA
+    mappings, because the kernel drops the IOMMU context with the last group --
+    then the container, if it was created here and no group is left in it.
+
+    Raises :class:`VfioError` (errno kept) when the kernel refuses a step (EBUSY:
+    the group is already open elsewhere, e.g. by another process or a device
+    opened without ``container=``), ``ValueError`` for a malformed address or
+    interface.
     """
     bdf = normalize_bdf(bdf)
     if interface == "auto":
-        interface = "container" if os.path.exists("/dev/vfio/vfio") else "cdev"
+        interface = "container" if container is not None or os.path.exists("/dev/vfio/vfio") else "cdev"
+    if interface == "cdev" and container is not None:
+        raise ValueError("container= goes with interface 'container' (or 'auto'), not 'cdev'")
     if interface == "cdev":
         from .iommufd import open_cdev_device
         dev = open_cdev_device(bdf)
@@ -58,24 +84,25 @@ def open_pci_device(bdf: str, interface: str = "auto", container: Container | No
         return dev
     if interface != "container":
         raise ValueError(f"interface must be 'auto', 'container' or 'cdev', not {interface!r}")
-    owns = []
+    # temporary leases on what is created here, released once the device holds its own
+    # (device -> group -> container), so that a failure at any step closes them again
+    held = []
     try:
-        group = Group(group_path_of(bdf))
-        owns.append(group)
+        path = group_path_of(bdf)
         if container is None:
             container = Container()
-            owns.insert(0, container)      # closed after the group (owns is popped from the end)
-        container.add_group(group)
+            held.append(container.lease(adopt=True))
+        group = container.group_for(path)
+        if group is None:
+            group = Group(path)
+            held.append(group.lease(adopt=True))
+            container.add_group(group)
         if container.iommu_type is None:
             container.set_iommu()
         dev = group.open_device(bdf)
-    except BaseException:
-        for o in reversed(owns):
-            o.close()
-        raise
-    dev._owns.extend(owns)
-    dev.group = group
-    dev.container = container
+    finally:
+        while held:
+            held.pop().close()
     dev.dma = None if container.noiommu else container
     dev.interface = "noiommu" if container.noiommu else "container"
     return dev

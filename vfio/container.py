@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from . import uapi
 from .dma import DmaSpace
 from .errors import UnsafeOperationError, VfioError, wrap_oserror
-from ._resource import Resource
+from ._resource import Shared
 
 CONTAINER_PATH = "/dev/vfio/vfio"
 
@@ -49,8 +49,21 @@ class IommuInfo:
         return self.iova_pgsizes & -self.iova_pgsizes if self.iova_pgsizes else 0
 
 
-class Container(DmaSpace, Resource):
-    """An open ``/dev/vfio/vfio``.  A DMA space once an IOMMU model is set."""
+class Container(DmaSpace, Shared):
+    """An open ``/dev/vfio/vfio``.  A DMA space once an IOMMU model is set.
+
+    The kernel keeps a container's IOMMU context only while a group is attached:
+    when the last group leaves (``VFIO_GROUP_UNSET_CONTAINER`` or closing the
+    group), type1 drops the IOMMU model and every DMA mapping with it.  So before
+    its last group leaves, the container unmaps what was mapped through it (the
+    :class:`vfio.dma.DmaMapping` objects then report ``mapped == False`` and
+    buffers that :meth:`alloc` made are freed) and goes back to "no IOMMU model
+    set": a new group can join and :meth:`set_iommu` be called again.
+
+    Every attached group holds a lease on the container (:class:`vfio.Group`);
+    a container :func:`vfio.open_pci_device` created closes when its last group
+    leaves, one the caller opened stays open until the caller closes it.
+    """
 
     def __init__(self, path: str = CONTAINER_PATH):
         super().__init__()
@@ -198,11 +211,42 @@ class Container(DmaSpace, Resource):
 
     # ---- groups ----------------------------------------------------------------------
     def add_group(self, group) -> None:
+        """Attach ``group`` (VFIO_GROUP_SET_CONTAINER); it is then listed in ``groups``."""
         group.set_container(self)
+
+    def group_for(self, path: str):
+        """The open group of this container whose node is ``path``, or None."""
+        real = os.path.realpath(path)
+        for g in self.groups:
+            if g.fd >= 0 and os.path.realpath(g.path) == real:
+                return g
+        return None
+
+    def _group_joined(self, group) -> None:
+        # called by Group.set_container once the kernel said yes
         self.groups.append(group)
+
+    def _group_leaving(self, group) -> None:
+        # called by Group.unset_container before the ioctl: the last group's leaving
+        # tears the kernel's IOMMU context down, so unmap while it still exists
+        if self.groups == [group] and self.fd >= 0 and self.iommu_type is not None and not self.noiommu:
+            self.unmap_all()
+
+    def _group_left(self, group) -> None:
+        # called by Group once it is out of the container (or its fd is closed)
+        if group in self.groups:
+            self.groups.remove(group)
+        if not self.groups:
+            # the kernel released the IOMMU model with the last group (type1 and no-IOMMU)
+            self.iommu_type = None
+            self._info = None
+            self._allocator = None
 
     # ---- lifetime --------------------------------------------------------------------
     def close(self) -> None:
+        """Unmap every mapping made through the container, then close its fd.  Groups
+        still attached (open devices) keep the kernel's container alive, without
+        mappings; close the devices first."""
         if self.fd < 0:
             return
         try:

@@ -528,6 +528,16 @@ class MappedRegion(Resource):
 # ---------------------------------------------------------------------------------------
 
 
+_PCI_IRQ_INDEX_NAMES = {uapi.VFIO_PCI_INTX_IRQ_INDEX: "INTx", uapi.VFIO_PCI_MSI_IRQ_INDEX: "MSI",
+                        uapi.VFIO_PCI_MSIX_IRQ_INDEX: "MSI-X", uapi.VFIO_PCI_ERR_IRQ_INDEX: "ERR",
+                        uapi.VFIO_PCI_REQ_IRQ_INDEX: "REQ"}
+
+
+def _irq_index_label(dev: "Device", index: int) -> str:
+    name = _PCI_IRQ_INDEX_NAMES.get(index) if dev.info.is_pci else None
+    return f" ({name})" if name else ""
+
+
 class IrqVectors(Resource):
     """Eventfds programmed as triggers for a range of vectors of one IRQ index.
 
@@ -571,6 +581,9 @@ class Device(Resource):
     #: The Group and Container it was opened through (container path), else None.
     group = None
     container = None
+    #: The IOAS and IommuFD it is attached to (cdev path), else None.
+    ioas = None
+    iommufd = None
 
     def __init__(self, backend: DeviceBackend, owns: Sequence = ()):
         self.backend = backend
@@ -669,9 +682,23 @@ class Device(Resource):
 
         ``count`` defaults to every vector of the index.  Replaces (and closes) the
         eventfds of an earlier ``enable_irq`` on the same index.
+
+        Raises :class:`VfioError` with errno EINVAL (the kernel's answer to the same
+        SET_IRQS) before any SET_IRQS when the device has no vectors on ``index``
+        (e.g. no MSI capability: ``irq_info(index).count`` is 0) or when
+        start..start+count-1 goes past the vectors it has; the kernel's errors
+        otherwise (EINVAL for an index the device does not have at all).
         """
+        info = self.irq_info(index)
+        what = f"enable IRQ index {index}{_irq_index_label(self, index)} on {self.name}"
+        if info.count == 0:
+            raise VfioError(errno.EINVAL, f"{what}: the device has no vectors on this index "
+                                          "(GET_IRQ_INFO count 0)")
         if count is None:
-            count = self.irq_info(index).count - start
+            count = info.count - start
+        if start < 0 or count < 1 or start + count > info.count:
+            raise VfioError(errno.EINVAL, f"{what}: vectors {start}..{start + count - 1} asked, "
+                                          f"the device has {info.count} (0..{info.count - 1})")
         efds = [EventFd(f"{self.name} irq {index}.{start + i}") for i in range(count)]
         try:
             self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
@@ -773,6 +800,34 @@ class Device(Resource):
 
     def low_power_exit(self) -> None:
         self.feature(uapi.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, uapi.VFIO_DEVICE_FEATURE_SET)
+
+    # ---- bus mastering ------------------------------------------------------------------
+    @property
+    def bus_master(self) -> bool:
+        """Whether the Bus Master bit of the PCI Command register is set (a state accessor).
+
+        vfio-pci leaves it off when the device is opened, and a device without it
+        can neither DMA nor send MSI/MSI-X (an MSI is a memory write): call
+        :meth:`enable_bus_master` before using ``dev.dma`` or MSI vectors.
+        """
+        from .pci import regs
+        return bool(self.config.read16(regs.COMMAND) & regs.COMMAND_MASTER)
+
+    def enable_bus_master(self) -> None:
+        """Set the Bus Master bit in the Command register, through the config region."""
+        self._set_bus_master(True)
+
+    def disable_bus_master(self) -> None:
+        """Clear the Bus Master bit: the device stops initiating DMA and MSIs."""
+        self._set_bus_master(False)
+
+    def _set_bus_master(self, on: bool) -> None:
+        from .pci import regs
+        cfg = self.config
+        cmd = cfg.read16(regs.COMMAND)
+        new = cmd | regs.COMMAND_MASTER if on else cmd & ~regs.COMMAND_MASTER
+        if new != cmd:
+            cfg.write16(regs.COMMAND, new)
 
     # ---- resets (commands) -----------------------------------------------------------
     def reset(self) -> None:

@@ -58,6 +58,7 @@ class DmaBuffer(Resource):
         return self.size
 
     def view(self) -> memoryview:
+        self._check(0, 0)
         return memoryview(self.mem)
 
     def read(self, offset: int, length: int) -> bytes:
@@ -69,6 +70,8 @@ class DmaBuffer(Resource):
         self.mem[offset:offset + len(data)] = data
 
     def _check(self, offset: int, length: int) -> None:
+        if self.mem is None:
+            raise RegionAccessError(f"DMA buffer of {self.size:#x} bytes is closed")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise RegionAccessError(f"DMA buffer access of {length} bytes at {offset:#x} is outside its {self.size:#x} bytes")
 
@@ -149,25 +152,68 @@ class IovaAllocator:
         self._free = merged
 
 
-@dataclass
+@dataclass(eq=False)
 class DmaMapping:
-    """One mapping of a buffer at an IOVA in a :class:`DmaSpace`."""
+    """One mapping of a buffer at an IOVA in a :class:`DmaSpace`.
+
+    The device sees ``size`` bytes at ``iova``; the program reaches the same memory
+    with :meth:`read`, :meth:`write` and :meth:`view` (offsets relative to the
+    mapping, bounds checked), or through ``buffer``.  ``unmap()`` (or leaving a
+    ``with`` block) unmaps it, and frees the buffer when :meth:`DmaSpace.alloc`
+    made it; unmapping an already unmapped mapping does nothing and returns 0, as
+    the kernel's UNMAP_DMA of an empty range does.
+    """
     space: "DmaSpace"
     buffer: DmaBuffer
     iova: int
     size: int
     owns_buffer: bool = False
 
+    @property
+    def mapped(self) -> bool:
+        """Whether the mapping is still in place (False after unmap, or once its
+        container lost its last group, which drops every mapping)."""
+        return any(m is self for m in self.space._mappings)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _check(self, offset: int, length: int) -> None:
+        if self.owns_buffer and not self.mapped:
+            raise RegionAccessError(f"DMA mapping at IOVA {self.iova:#x}: unmapped, its buffer was freed")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise RegionAccessError(f"DMA mapping at IOVA {self.iova:#x}: access of {length} bytes at "
+                                    f"{offset:#x} is outside its {self.size:#x} bytes")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of the mapping (the device's IOVA ``iova + offset``)."""
+        self._check(offset, length)
+        return self.buffer.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` of the mapping."""
+        self._check(offset, len(data))
+        self.buffer.write(offset, data)
+
+    def view(self) -> memoryview:
+        """A writable memoryview of the mapped bytes (release it before unmapping)."""
+        self._check(0, 0)
+        return self.buffer.view()[:self.size]
+
     def unmap(self) -> int:
         """Unmap (and free the buffer if this mapping allocated it); returns bytes unmapped."""
+        if not self.mapped:
+            return 0
         return self.space.unmap(self)
+
+    def close(self) -> None:
+        self.unmap()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self in self.space._mappings:
-            self.unmap()
+        self.unmap()
 
 
 class DmaSpace(abc.ABC):
@@ -232,7 +278,13 @@ class DmaSpace(abc.ABC):
         return m
 
     def unmap(self, mapping: DmaMapping) -> int:
-        self._mappings.remove(mapping)
+        """Unmap ``mapping`` (made through this space); frees its buffer if :meth:`alloc` made it."""
+        for i in range(len(self._mappings) - 1, -1, -1):     # newest first: the usual case
+            if self._mappings[i] is mapping:
+                del self._mappings[i]
+                break
+        else:
+            raise ValueError(f"DMA mapping at IOVA {mapping.iova:#x} is not mapped in this space")
         try:
             n = self._unmap(mapping.iova, mapping.size)
         finally:

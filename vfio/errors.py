@@ -4,6 +4,7 @@ Where the kernel (or a backend that stands in for it, such as replay) refused a
 request, the error is a :class:`VfioError`, an ``OSError`` that keeps the
 errno and says what was being done on which device::
 
+    import errno
     VfioError(errno.EINVAL, "VFIO_DEVICE_GET_REGION_INFO index 12 on 0000:00:04.0")
 
 so ``except OSError`` and ``e.errno == errno.EINVAL`` work as for any system

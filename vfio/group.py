@@ -9,6 +9,12 @@ pcieport).  A viable group is attached to a container
 ``VFIO_GROUP_GET_STATUS`` is the kernel's own word on viability and is the
 authority over any list of driver names.
 
+A group node may be open only once at a time, and every device of the group
+is reached through that one fd: to use two devices of a group, open the second
+through the same group (``vfio.open_pci_device(bdf2, container=dev1.container)``
+finds the group in the container and does that).  The group stays open, and in
+its container, until the last device opened through it is closed.
+
 No-IOMMU groups are ``/dev/vfio/noiommu-N`` (see :mod:`vfio.container`).
 """
 
@@ -22,7 +28,7 @@ import re
 from . import uapi
 from .device import Device, KernelBackend
 from .errors import VfioError, wrap_oserror
-from ._resource import Resource
+from ._resource import Shared
 
 VFIO_DEV_DIR = "/dev/vfio"
 SYSFS_PCI = "/sys/bus/pci/devices"
@@ -63,20 +69,29 @@ def group_path_of(bdf: str, sysfs: str = SYSFS_PCI, devdir: str = VFIO_DEV_DIR) 
                                   "(is the device bound to vfio-pci?)")
 
 
-class Group(Resource):
-    """An open VFIO group node."""
+class Group(Shared):
+    """An open VFIO group node.
+
+    Each device opened through it (:meth:`open_device`) holds a lease on it, and the
+    group holds one on its container while attached.  A group
+    :func:`vfio.open_pci_device` opened closes (leaving its container) with the
+    last of its devices; one the caller opened stays open until the caller closes it.
+    """
 
     def __init__(self, path_or_id):
         path = path_or_id if isinstance(path_or_id, str) and "/" in path_or_id else \
             os.path.join(VFIO_DEV_DIR, str(path_or_id))
         self.path = path
         self.container = None
+        self._container_lease = None
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             hint = ""
             if e.errno == errno.EBUSY:
-                hint = " (already open: a group may be opened once at a time)"
+                hint = (" (already open: a group may be opened once at a time; to open another device "
+                        "of an open group, pass container=<the first device>.container to "
+                        "vfio.open_pci_device, or use <the first device>.group.open_device)")
             elif e.errno in (errno.EACCES, errno.EPERM):
                 hint = " (permission denied: needs ownership of the node, and CAP_SYS_RAWIO for no-IOMMU groups)"
             raise wrap_oserror(e, f"open VFIO group {path}{hint}") from None
@@ -104,14 +119,33 @@ class Group(Resource):
         return bool(self.status() & uapi.VFIO_GROUP_FLAGS_CONTAINER_SET)
 
     def set_container(self, container) -> None:
+        """Attach to ``container`` (VFIO_GROUP_SET_CONTAINER); the group holds a lease on it."""
         fdbuf = ctypes.c_int32(container.fd)
         uapi.ioctl(self._fd(), uapi.VFIO_GROUP_SET_CONTAINER, fdbuf,
                    f"VFIO_GROUP_SET_CONTAINER {container.path} on {self.path}")
         self.container = container
+        self._container_lease = container.lease()
+        container._group_joined(self)
 
     def unset_container(self) -> None:
+        """Leave the container (VFIO_GROUP_UNSET_CONTAINER).  When this is the container's
+        last group, the container first unmaps its DMA mappings (the kernel drops the
+        IOMMU context with the last group).  EBUSY while devices of the group are open."""
+        self._unset()
+        self._left_container()
+
+    def _unset(self) -> None:
+        if self.container is not None:
+            self.container._group_leaving(self)
         uapi.ioctl(self._fd(), uapi.VFIO_GROUP_UNSET_CONTAINER, 0, f"VFIO_GROUP_UNSET_CONTAINER on {self.path}")
-        self.container = None
+
+    def _left_container(self) -> None:
+        c, lease = self.container, self._container_lease
+        self.container = self._container_lease = None
+        if c is not None:
+            c._group_left(self)
+        if lease is not None:
+            lease.close()
 
     def get_device_fd(self, name: str) -> int:
         # a mutable buffer: with bytes, fcntl.ioctl returns a copy of the buffer, not the fd
@@ -120,13 +154,18 @@ class Group(Resource):
                           f"VFIO_GROUP_GET_DEVICE_FD {name} on {self.path}")
 
     def open_device(self, name: str) -> Device:
+        """A device of this group (VFIO_GROUP_GET_DEVICE_FD).  The device holds a lease
+        on the group until it is closed."""
         fd = self.get_device_fd(name)
         backend = KernelBackend(fd, name)
         try:
-            return Device(backend)
+            dev = Device(backend, owns=[self.lease()])     # a failed Device() closes both
         except BaseException:
             backend.close()
             raise
+        dev.group = self
+        dev.container = self.container
+        return dev
 
     def close(self) -> None:
         if self.fd < 0:
@@ -134,7 +173,7 @@ class Group(Resource):
         try:
             if self.container is not None:
                 try:
-                    self.unset_container()
+                    self._unset()
                 except VfioError as e:
                     # EBUSY: devices of the group are still open; closing the fd detaches anyway
                     if e.errno != errno.EBUSY:
@@ -142,4 +181,7 @@ class Group(Resource):
         finally:
             os.close(self.fd)
             self.fd = -1
+            # out of the container (after EBUSY the kernel detaches the group when its
+            # last device fd closes); only now may a container made for it close
+            self._left_container()
 

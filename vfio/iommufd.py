@@ -29,7 +29,7 @@ from .device import Device, KernelBackend
 from .dma import DmaSpace
 from .errors import VfioError, wrap_oserror
 from .group import SYSFS_PCI, normalize_bdf
-from ._resource import Resource
+from ._resource import Shared
 
 IOMMU_PATH = "/dev/iommu"
 CDEV_DIR = "/dev/vfio/devices"
@@ -61,8 +61,8 @@ class HwInfo:
         return {"flags": v.flags, "cap_reg": v.cap_reg, "ecap_reg": v.ecap_reg}
 
 
-class IommuFD(Resource):
-    """An open ``/dev/iommu``."""
+class IommuFD(Shared):
+    """An open ``/dev/iommu``.  Closing it destroys the IOASes allocated in it."""
 
     def __init__(self, path: str = IOMMU_PATH):
         self.path = path
@@ -115,8 +115,9 @@ class IommuFD(Resource):
             self.fd = -1
 
 
-class IOAS(DmaSpace):
-    """An iommufd I/O address space."""
+class IOAS(DmaSpace, Shared):
+    """An iommufd I/O address space.  Its mappings live as long as the IOAS, whether or
+    not a device is attached; ``close()`` unmaps them and destroys it."""
 
     def __init__(self, iommufd: IommuFD, ioas_id: int):
         super().__init__()
@@ -225,29 +226,34 @@ class CdevBackend(KernelBackend):
 def open_cdev_device(bdf: str, iommufd: IommuFD | None = None, ioas: IOAS | None = None,
                      sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> Device:
     """Open a vfio-pci device through its cdev, bound to ``iommufd`` and attached to
-    ``ioas`` (both created, and then owned by the Device, when not given).
+    ``ioas`` (both created when not given).
 
     The Device's ``.ioas`` is the DMA space, ``.backend.devid`` the iommufd device id.
+    The device holds leases on both: closing it closes the device fd (which detaches
+    and unbinds it), then the IOAS (unmapping its mappings) and the iommufd if they
+    were created here and no other device holds them.  An ``iommufd`` or ``ioas``
+    passed in stays the caller's to close.
     """
     bdf = normalize_bdf(bdf)
-    owns = []
+    held = []       # released last to first; the device takes its own leases on success
     try:
         if iommufd is None:
             iommufd = IommuFD()
-            owns.append(iommufd)
+            held.append(iommufd.lease(adopt=True))
         if ioas is None:
             ioas = iommufd.alloc_ioas()
+            held.append(ioas.lease(adopt=True))
         backend = CdevBackend(cdev_path_of(bdf, sysfs, devdir), iommufd, bdf)
         try:
             backend.attach(ioas.id)
-            dev = Device(backend, owns=owns)
+            # owns pops from the end: the IOAS goes before the iommufd it lives in
+            dev = Device(backend, owns=[iommufd.lease(), ioas.lease()])
         except BaseException:
             backend.close()
             raise
-    except BaseException:
-        for o in reversed(owns):
-            o.close()
-        raise
+    finally:
+        while held:
+            held.pop().close()
     dev.ioas = ioas
     dev.iommufd = iommufd
     return dev

@@ -6,15 +6,22 @@ remapping, or no IOMMU), binds QEMU's ``edu`` (1234:11e8) and ``nvme``
 
     VFIO_HARNESS=1
     VFIO_HARNESS_LEG          stock | container | iommufd-container | custom
-    VFIO_HARNESS_IOMMU        intel | none
+    VFIO_HARNESS_IOMMU        intel | virtio | none
     VFIO_HARNESS_NVME_SERIAL  the serial given to QEMU's nvme device
+    VFIO_HARNESS_NVME_SRIOV_SERIAL  the serial of the nvme-sriov device's PF
     VFIO_HARNESS_DEVICES / VFIO_HARNESS_BIND   device names present / bound
+    VFIO_HARNESS_BDFS         "name=bdf[,bdf] ..." for each harness device found
+                              (edu and edu-mf, nvme and nvme-sriov share IDs)
 
 Nothing here skips: a kernel test that runs where its device or guest is
 missing fails, naming what is missing, because a silent skip in CI looks like
 a pass.  Tests are deselected by marker instead (tests/conftest.py, and the
 ``-m`` expressions of tools/run-kernel-tests); tests/conftest.py also fails any
 kernel-marked test that runs on a system without /dev/vfio.
+
+Tests that use ``nvme_bdf`` are marked ``vfio_nvme`` here at collection, so a
+leg that leaves nvme on its own driver (virtio-iommu) deselects them with
+``-m "... and not vfio_nvme"`` instead of each test having to say so.
 
 Only sysfs (through vfio.host.sysfs) here: ioctls belong to vfio/uapi.py.
 """
@@ -25,6 +32,7 @@ import os
 
 import pytest
 
+from tests.kernel.kernel_harness import harness_bdfs
 from vfio.host.sysfs import Host
 
 EDU_ID = "1234:11e8"
@@ -32,8 +40,16 @@ NVME_ID = "1b36:0010"
 _RUN_HINT = "run it with tools/run-kernel-tests or tools/vfio-harness"
 
 
+@pytest.hookimpl(tryfirst=True)   # before -m deselects on the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "nvme_bdf" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vfio_nvme)
+
+
 def _vfio_bdf(name: str, ids: str) -> str:
-    devs = Host("/").find(ids)
+    mine = harness_bdfs(name)      # edu-mf's functions are edus too, nvme-sriov an nvme
+    devs = [d for d in Host("/").find(ids) if mine is None or d.bdf in mine]
     bound = [d.bdf for d in devs if d.driver == "vfio-pci"]
     if not bound:
         pytest.fail(
@@ -77,5 +93,6 @@ def harness_kernel() -> str:
 
 @pytest.fixture(scope="session")
 def harness_iommu() -> str:
-    """``intel`` (emulated VT-d with interrupt remapping) or ``none`` (no-IOMMU mode)."""
+    """``intel`` (emulated VT-d with interrupt remapping), ``virtio`` (virtio-iommu-pci,
+    no interrupt remapping) or ``none`` (no-IOMMU mode)."""
     return _harness_env("VFIO_HARNESS_IOMMU")

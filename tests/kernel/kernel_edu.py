@@ -21,9 +21,9 @@ PCI_COMMAND_MASTER = 0x4
 
 
 def bus_master(dev) -> int:
-    """vfio-pci leaves bus mastering off; DMA and MSI are dropped until it is set."""
-    cmd = dev.config.read16(PCI_COMMAND)
-    dev.config.write16(PCI_COMMAND, cmd | PCI_COMMAND_MASTER)
+    """vfio-pci leaves bus mastering off; DMA and MSI are dropped until it is set.
+    Sets it with the public API; returns the Command register as read back."""
+    dev.enable_bus_master()
     return dev.config.read16(PCI_COMMAND)
 
 

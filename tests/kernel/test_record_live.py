@@ -52,7 +52,7 @@ def comparable(rec: F.DeviceRecord, with_config: bool = True) -> list:
     return out
 
 
-@pytest.fixture(params=["edu", "nvme"])
+@pytest.fixture(params=["edu", pytest.param("nvme", marks=pytest.mark.vfio_nvme)])
 def live(request):
     bdf = request.getfixturevalue(f"{request.param}_bdf")
     with vfio.open_pci_device(bdf) as dev:

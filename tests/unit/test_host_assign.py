@@ -298,7 +298,7 @@ def test_qemu_and_libvirt_text():
 def test_corrupt_state_file_is_named(tmp_path):
     p = tmp_path / "state.json"
     p.write_text('{"schema": "vfio-assign-state/1", "devices": {')
-    with StateFile(str(p)) as st, pytest.raises(HostError, match=r"state.json is corrupt at line 1"):
+    with StateFile(str(p)) as st, pytest.raises(HostError, match=r"state.json is corrupt: line 1 column"):
         st.load()
     p.write_text('{"devices": {}}')
     with StateFile(str(p)) as st, pytest.raises(HostError, match="not a vfio-assign-state/1 file"):
@@ -308,11 +308,12 @@ def test_corrupt_state_file_is_named(tmp_path):
 def test_state_is_replaced_atomically(tmp_path):
     p = tmp_path / "state.json"
     with StateFile(str(p)) as st:
-        st.save({"schema": "vfio-assign-state/1", "devices": {"a": {}}})
+        rec = {"driver": "e1000e", "driver_override": None, "status": "assigned"}
+        st.save({"schema": "vfio-assign-state/1", "devices": {"0000:00:01.0": rec}})
         ino = os.stat(p).st_ino
-        st.save({"schema": "vfio-assign-state/1", "devices": {"b": {}}})
+        st.save({"schema": "vfio-assign-state/1", "devices": {"0000:00:02.0": rec}})
         assert os.stat(p).st_ino != ino           # a new file renamed over, never rewritten in place
-        assert st.load()["devices"] == {"b": {}}
+        assert st.load()["devices"] == {"0000:00:02.0": rec}
     assert sorted(os.listdir(tmp_path)) == ["state.json", "state.json.lock"]
 
 

@@ -111,3 +111,72 @@ def test_inside_harness_nothing_is_deselected_by_the_policy(tmp_path):
     # in a (pretend) guest the policy deselects nothing; without /dev/vfio they then fail
     assert "deselected" not in r.stdout
     assert "2 errors" in r.stdout or "2 error" in r.stdout, r.stdout
+
+
+def test_policy_deselects_virtio_iommu_tests_on_the_host(tmp_path):
+    # a test marked only virtio_iommu needs a virtio-iommu guest: never run on a host without -m
+    shutil.copy(os.path.join(ROOT, "tests", "conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_v.py").write_text(
+        "import pytest\n\n@pytest.mark.virtio_iommu\ndef test_v():\n    assert True\n\ndef test_plain():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    virtio_iommu: v\n")
+    env = {k: v for k, v in os.environ.items() if k != "VFIO_HARNESS"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:benchmark",
+                        "-q", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed, 1 deselected" in r.stdout
+
+
+def _load_run_kernel_tests():
+    from importlib.machinery import SourceFileLoader
+    loader = SourceFileLoader("run_kernel_tests", os.path.join(ROOT, "tools", "run-kernel-tests"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    loader.exec_module(mod)
+    return mod
+
+
+def _legs_selecting(marks: set[str], module: str = "test_fd_layer") -> list[str]:
+    """Names of the matrix legs whose -m (and -k) would run a test with these markers."""
+    from _pytest.mark.expression import Expression   # pytest's own -m/-k evaluator
+    rkt = _load_run_kernel_tests()
+    out = []
+    for leg in rkt.LEGS:
+        if not Expression.compile(leg.markexpr).evaluate(lambda name: name in marks):
+            continue
+        names = marks | {module}
+        if leg.keyexpr and not Expression.compile(leg.keyexpr).evaluate(
+                lambda sub: any(sub.lower() in n.lower() for n in names)):
+            continue
+        out.append(leg.name)
+    return out
+
+
+def test_virtio_iommu_leg_runs_virtio_tests_and_the_edu_iommu_tests():
+    rkt = _load_run_kernel_tests()
+    leg = {x.name: x for x in rkt.LEGS}["virtio-iommu"]
+    assert (leg.kernel, leg.iommu, leg.bind) == ("stock", "virtio", "edu")
+    assert {"nvme", "e1000e"} <= set(leg.devices.split(","))      # on their own drivers
+    assert _legs_selecting({"kernel", "virtio_iommu"}, "test_assign_x") == ["virtio-iommu"]
+    assert _legs_selecting({"kernel", "native_drivers", "virtio_iommu"}, "test_x") == ["virtio-iommu"]
+    # an edu test of the fd layer runs on every IOMMU leg, virtio-iommu included
+    assert _legs_selecting({"kernel"}) == ["stock", "container", "iommufd-container", "virtio-iommu"]
+    # ... but not if it needs nvme on vfio-pci, nor IOMMU-agnostic modules
+    assert "virtio-iommu" not in _legs_selecting({"kernel", "vfio_nvme"})
+    assert "virtio-iommu" not in _legs_selecting({"kernel"}, "test_api_docs")
+
+
+def test_host_tools_leg_has_the_extra_devices_unbound():
+    rkt = _load_run_kernel_tests()
+    leg = {x.name: x for x in rkt.LEGS}["host-tools"]
+    assert {"piix3-ide", "nvme-sriov", "edu-mf"} <= set(leg.devices.split(",")) and leg.bind == "edu"
+    assert _legs_selecting({"kernel", "native_drivers"}, "test_harness_devices") == ["host-tools"]
+
+
+def test_harness_knows_its_device_names():
+    r = subprocess.run([os.path.join(ROOT, "tools", "vfio-harness"), "--devices", "edu,bogus", "--", "true"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "unknown device 'bogus'" in r.stderr
+    for name in ("edu", "nvme", "e1000e", "pci-testdev", "piix3-ide", "nvme-sriov", "edu-mf"):
+        assert name in r.stderr.split("known:")[1], r.stderr

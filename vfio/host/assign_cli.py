@@ -5,15 +5,29 @@
     vfio-assign bind 00:1f.2 --whole-group   # take the IOMMU group's other members too
     vfio-assign bind 01:00.0 --user qemu     # and give /dev/vfio/N to user qemu
     vfio-assign release 01:00.0              # back to the driver it had
+    vfio-assign release 00:1f.2 --whole-group   # and its group companions (or --split-group)
     vfio-assign release --all
-    vfio-assign status                       # what is recorded as assigned
+    vfio-assign status                       # what is recorded, checked against sysfs now
+
+What bind prints: each device with its IOMMU group node, then how to hand the
+devices to a guest: QEMU arguments (one `-device vfio-pci,host=BDF` per
+function; the functions of one multifunction device share a guest slot,
+`addr=SLOT.FN`, function 0 with `multifunction=on`, slot 0x10 up unless
+--guest-slot says otherwise) and libvirt <hostdev> elements (managed='no')
+for the domain's <devices>.  With --json the same are `qemu_args` (the
+argument words, ready for an argv list), `libvirt_hostdev` (one string per
+function), `qemu_note` (the slot choice) and `not_for_qemu` (devices QEMU
+cannot use, e.g. in no-IOMMU mode, with the reason).  `status` compares every
+record with sysfs and says what `release` will do about a difference; every
+command says when an earlier run was interrupted half-way.
 
 Exit status: 0 done; 1 a step failed and everything was rolled back (or an
 I/O error before any change); 2 bad arguments or request refused (device in
-use, companions in the group, no IOMMU, unknown device), nothing changed;
-3 a step failed AND the rollback did not complete (the message says which
-devices need attention); 4 another vfio-assign run holds the state lock
-(with --no-wait).
+use, companions in the group, no IOMMU, unknown device, a corrupt state file,
+a --root that does not exist), nothing changed; 3 a step failed AND some
+device is not back where it was (the message says where each one is, and
+`vfio-assign release` puts it back); 4 another vfio-assign run holds the
+state lock (with --no-wait).
 
 See :mod:`vfio.host.assign` for what is done and why.
 """
@@ -23,10 +37,13 @@ from __future__ import annotations
 import argparse
 import grp
 import json
+import os
 import pwd
 import sys
 
-from .assign import AssignmentFailed, AssignmentRefused, Assigner, StateLocked, libvirt_xml, qemu_args
+from .._cli import entry_point  # closed pipe, Ctrl-C, warnings: as tools end
+from .assign import (DEFAULT_GUEST_SLOT, STATE_SCHEMA, AssignmentFailed, AssignmentRefused, Assigner, Condition, StateLocked,
+                     guest_layout, interrupted, layout_note, libvirt_xml, qemu_args)
 from .sysfs import DryRunSysfs, Host, HostError, Sysfs
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_ROLLBACK_INCOMPLETE, EXIT_LOCKED = 0, 1, 2, 3, 4
@@ -43,31 +60,71 @@ def _owner(user: str | None, group: str | None) -> tuple | None:
     return uid, gid
 
 
+def _slot(text: str) -> int:
+    try:
+        n = int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a slot number in hex (e.g. 0x10)") from None
+    if not 1 <= n <= 0x1e:
+        raise argparse.ArgumentTypeError(f"slot {text} is outside 0x01..0x1e")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vfio-assign", description="\n\n".join(__doc__.split("\n\n")[:2]),
-                                 epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    paras = __doc__.split("\n\n")
+    ap = argparse.ArgumentParser(prog="vfio-assign", description="\n\n".join(paras[:2]),
+                                 epilog="\n\n".join(paras[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default="/", help="system root (a captured tree for testing; default /)")
     common.add_argument("--state", help="state file (default ROOT/run/vfio-assign/state.json)")
     common.add_argument("--no-wait", action="store_true", help="fail (exit 4) instead of waiting for another run")
     common.add_argument("--dry-run", action="store_true", help="print the exact sysfs writes, change nothing")
-    common.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    common.add_argument("--json", action="store_true",
+                        help="machine-readable result on stdout (bind: with qemu_args and libvirt_hostdev)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bind", parents=[common], help="bind devices (and their IOMMU group) to vfio-pci")
+    b = sub.add_parser("bind", parents=[common], help="bind devices (and their IOMMU group) to vfio-pci; "
+                       "prints the QEMU arguments and libvirt XML that pass them to a guest")
     b.add_argument("devices", nargs="+", metavar="BDF|VENDOR:DEVICE")
     b.add_argument("--whole-group", action="store_true", help="also take the group's other members from their drivers")
     b.add_argument("--force", action="store_true", help="take devices that are in use (mounted, up, boot VGA)")
     b.add_argument("--user", help="owner of /dev/vfio/N afterwards")
     b.add_argument("--group", help="group of /dev/vfio/N afterwards")
+    b.add_argument("--guest-slot", type=_slot, default=DEFAULT_GUEST_SLOT, metavar="HEX",
+                   help="first guest slot for a multifunction device in the QEMU/libvirt snippets (default 0x10)")
     r = sub.add_parser("release", parents=[common], help="put assigned devices back on their original drivers")
     r.add_argument("devices", nargs="*", metavar="BDF|VENDOR:DEVICE")
     r.add_argument("--all", action="store_true", help="every device recorded in the state file")
     r.add_argument("--force", action="store_true", help="release even while the group is held open")
-    sub.add_parser("status", parents=[common], help="show the devices recorded as assigned")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--whole-group", action="store_true",
+                   help="also release the devices assigned with the named ones in their IOMMU groups")
+    g.add_argument("--split-group", action="store_true",
+                   help="release only the named devices; their group companions stay on vfio-pci")
+    sub.add_parser("status", parents=[common], help="show the recorded devices, checked against sysfs now")
     return ap
 
 
+def _noiommu_reason(host: Host, bdf: str) -> str | None:
+    """Why QEMU cannot take this device, or None when it can."""
+    g = host.device(bdf).iommu_group
+    if g is not None and host.is_noiommu_group(g):
+        return (f"IOMMU group {g} is a no-IOMMU group (/dev/vfio/noiommu-{g}): nothing isolates the "
+                "device's DMA, and QEMU's vfio-pci needs an IOMMU group (it cannot use this one); only "
+                "a userspace driver that accepts no-IOMMU mode can (DPDK, vfio.open_pci_device)")
+    return None
+
+
+def _node(host: Host, group: str | None) -> str:
+    if group is None:
+        return "no IOMMU group"
+    return f"IOMMU group {group}: /dev/vfio/{'noiommu-' if host.is_noiommu_group(group) else ''}{group}"
+
+
 def _report_plan(host: Host, plan, args, out) -> None:
+    bdfs = sorted([d.bdf for d in plan.devices] + [b for b, _ in plan.skipped]) if plan.kind == "assign" else []
+    # a dry run has not bound anything yet: no group is a no-IOMMU one before vfio-pci makes it
+    unusable = {b: r for b in bdfs if (r := _noiommu_reason(host, b))}
+    usable = [b for b in bdfs if b not in unusable]
     if args.json:
         doc = {"action": plan.kind, "dry_run": args.dry_run,
                "devices": [{"bdf": d.bdf, "ids": d.ids, "driver_before": d.driver, "iommu_group": d.iommu_group}
@@ -75,9 +132,10 @@ def _report_plan(host: Host, plan, args, out) -> None:
                "skipped": [{"bdf": b, "reason": r} for b, r in plan.skipped],
                "writes": [{"kind": a.kind, "path": a.path, "value": a.value} for a in plan.actions(host)]}
         if plan.kind == "assign":
-            bdfs = [d.bdf for d in plan.devices] + [b for b, _ in plan.skipped]
-            doc["qemu_args"] = qemu_args(sorted(bdfs))
-            doc["libvirt_hostdev"] = [libvirt_xml(b) for b in sorted(bdfs)]
+            doc["qemu_args"] = qemu_args(usable, args.guest_slot)
+            doc["libvirt_hostdev"] = [libvirt_xml(p.host, p) for p in guest_layout(usable, args.guest_slot)]
+            doc["qemu_note"] = layout_note(usable, args.guest_slot)
+            doc["not_for_qemu"] = [{"bdf": b, "reason": r} for b, r in sorted(unusable.items())]
         json.dump(doc, out, indent=1)
         out.write("\n")
         return
@@ -93,28 +151,69 @@ def _report_plan(host: Host, plan, args, out) -> None:
     if plan.kind == "assign":
         for d in plan.devices:
             print(f"{d.bdf} [{d.ids}] on vfio-pci (was {d.driver or 'no driver'}), "
-                  f"IOMMU group {d.iommu_group}: /dev/vfio/{d.iommu_group}", file=out)
-        bdfs = sorted([d.bdf for d in plan.devices] + [b for b, _ in plan.skipped])
-        if bdfs:
-            print("\nQEMU:\n  " + " ".join(qemu_args(bdfs)), file=out)
+                  f"{_node(host, host.device(d.bdf).iommu_group)}", file=out)
+        if usable:
+            print("\nQEMU:\n  " + " ".join(qemu_args(usable, args.guest_slot)), file=out)
+            note = layout_note(usable, args.guest_slot)
+            if note:
+                print(f"  ({note})", file=out)
             print("libvirt (inside <devices>):", file=out)
-            for b in bdfs:
-                print("  " + libvirt_xml(b).replace("\n", "\n  "), file=out)
+            for p in guest_layout(usable, args.guest_slot):
+                print("  " + libvirt_xml(p.host, p).replace("\n", "\n  "), file=out)
+        for b, r in sorted(unusable.items()):
+            print(f"{b}: no QEMU or libvirt snippet: {r}", file=out)
     else:
         for d in plan.devices:
             now = host.device(d.bdf).driver
             print(f"{d.bdf} [{d.ids}] released: now on {now or 'no driver'}", file=out)
-        if not plan.devices:
+        if not plan.devices and not plan.skipped:
             print("nothing recorded as assigned", file=out)
 
 
+def _status(assigner: Assigner, args, out) -> None:
+    rows = assigner.reconcile()
+    if args.json:
+        json.dump({"schema": STATE_SCHEMA, "state_file": assigner.state_path, "devices": {r.bdf: r.as_dict() for r in rows}}, out, indent=1)
+        out.write("\n")
+        return
+    for r in rows:
+        rec = r.record
+        head = f"{r.bdf} [{rec.get('ids')}]"
+        if r.condition is Condition.ASSIGNED:
+            print(f"{head} assigned since {rec.get('since')}, IOMMU group {rec.get('iommu_group')}, "
+                  f"original driver {rec.get('driver') or 'none'}", file=out)
+            continue
+        print(f"{head} {r.condition.value.upper()}: {r.note}", file=out)
+        print(f"    `vfio-assign release {r.bdf}` will: {'; '.join(r.release_will)}", file=out)
+    if not rows:
+        print(f"nothing recorded as assigned ({assigner.state_path})", file=out)
+
+
+def _say_interrupted(host: Host, state_path: str) -> None:
+    """On every start: name the devices an interrupted run left half-way."""
+    try:
+        left = interrupted(host, state_path)
+    except HostError:
+        return              # a corrupt state file: the command itself says so
+    for r in left:
+        if r.condition is Condition.INTERRUPTED:
+            print(f"vfio-assign: note: {r.bdf}: {r.note}; `vfio-assign release {r.bdf}` will: "
+                  f"{'; '.join(r.release_will)}", file=sys.stderr)
+
+
+@entry_point("vfio-assign")
 def main(argv=None, out=None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
+    if not os.path.isdir(args.root):
+        print(f"vfio-assign: --root {args.root}: no such directory", file=sys.stderr)
+        return EXIT_REFUSED
     sysfs = DryRunSysfs(args.root) if getattr(args, "dry_run", False) else Sysfs(args.root)
     host = Host(sysfs=sysfs)
     assigner = Assigner(host, args.state, wait=not args.no_wait)
     try:
+        if args.cmd != "status":        # status reports each record's condition itself
+            _say_interrupted(host, assigner.state_path)
         if args.cmd == "bind":
             plan = assigner.assign(args.devices, whole_group=args.whole_group, force=args.force,
                                    owner=_owner(args.user, args.group), dry_run=args.dry_run)
@@ -122,33 +221,24 @@ def main(argv=None, out=None) -> int:
             if not args.devices and not args.all:
                 print("vfio-assign release: name devices or pass --all", file=sys.stderr)
                 return EXIT_REFUSED
-            plan = assigner.release(None if args.all else args.devices, dry_run=args.dry_run, force=args.force)
+            plan = assigner.release(None if args.all else args.devices, dry_run=args.dry_run, force=args.force,
+                                    whole_group=args.whole_group, split_group=args.split_group)
         else:
-            state = assigner.status()
-            if args.json:
-                json.dump(state, out, indent=1)
-                out.write("\n")
-            else:
-                for bdf, rec in sorted(state["devices"].items()):
-                    print(f"{bdf} [{rec.get('ids')}] {rec.get('status')} since {rec.get('since')}, "
-                          f"IOMMU group {rec.get('iommu_group')}, original driver "
-                          f"{rec.get('driver') or 'none'}", file=out)
-                if not state["devices"]:
-                    print(f"nothing recorded as assigned ({assigner.state_path})", file=out)
+            _status(assigner, args, out)
             return EXIT_OK
+        _report_plan(host, plan, args, out)
     except StateLocked as e:
         print(f"vfio-assign: {e}", file=sys.stderr)
         return EXIT_LOCKED
     except AssignmentFailed as e:
         print(f"vfio-assign: {e}", file=sys.stderr)
-        return EXIT_ROLLBACK_INCOMPLETE if e.rollback_errors else EXIT_FAILED
+        return EXIT_ROLLBACK_INCOMPLETE if e.incomplete else EXIT_FAILED
     except (AssignmentRefused, HostError) as e:
         print(f"vfio-assign: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except OSError as e:
         print(f"vfio-assign: {e}", file=sys.stderr)
         return EXIT_FAILED
-    _report_plan(host, plan, args, out)
     return EXIT_OK
 
 

@@ -12,7 +12,9 @@ Exit status: 0 everything shown; 1 an error stopped the output (I/O error,
 the kernel refused); 2 bad arguments (unknown device, malformed BDF, not a
 record file); 3 shown, but some part could not be read -- the reason is
 printed in its place (e.g. the device is on vfio-pci but its group could not
-be opened); 130 interrupted (--watch ends this way).
+be opened, or its config space is cut short: INCOMPLETE lines say what is
+missing); 130 interrupted (--watch ends this way); killed by SIGPIPE (141
+in the shell) when the reader of the output goes away, as lspci is.
 
 The listing answers, for every device: which IOMMU group, which driver, can
 the group go to userspace now (viability, see :mod:`vfio.host.viability`) and
@@ -26,10 +28,14 @@ either way.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 
+from .._cli import entry_point
+
+from . import assign as _assign     # interrupted assignments (vfio-assign)
 from .inuse import interfaces_of, usage_of
 from .sysfs import PCI_DEVICES, Host, HostError, PciDevice
 from .viability import VFIO_PCI_DRIVERS, Viability, group_viability
@@ -115,7 +121,12 @@ def interfaces_report(host: Host) -> dict:
 def device_summary(host: Host, dev: PciDevice, names: Names, viab: dict) -> dict:
     v = viab.get(dev.iommu_group)
     if dev.iommu_group is None:
-        viable, why = False, "no IOMMU group (no IOMMU, or not enabled)"
+        # some IOMMUs (virtio-iommu via ACPI VIOT) attach a device, and give it its
+        # group, only when a driver probes it: then the group is merely not known yet
+        why = ("no IOMMU group yet: the IOMMU attaches the device when a driver probes it "
+               "(vfio-assign binds it and then checks its group)") if host.has_iommu else \
+            "no IOMMU group (no IOMMU, or not enabled)"
+        viable = False
     else:
         viable, why = v.viable, v.why_not()
     below = interfaces_of(host, dev)
@@ -142,7 +153,7 @@ def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True)
     return {
         "schema": SCHEMA,
         "kind": "host",
-        "iommu": bool(groups),
+        "iommu": host.has_iommu,        # the kernel's IOMMU registrations, not VFIO's no-IOMMU groups
         "interfaces": interfaces_report(host),
         "names": {"available": names.available, "note": names.why},
         "groups": [{"group": g.number, "type": g.type, "devices": g.bdfs,
@@ -150,27 +161,30 @@ def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True)
                     "why_not_viable": viab[g.number].why_not(), "note": viab[g.number].note}
                    for g in groups],
         "devices": [device_summary(host, d, names, viab) for d in host.devices()],
+        # (vfio-assign) devices an interrupted assignment or release left half-way
+        "interrupted_assignments": _assign.interrupted_report(host),
     }
 
 
 def bar_sizes(host: Host, bdf: str) -> dict[int, int]:
-    """BAR sizes from sysfs ``resource`` (start end flags per line: BAR0..5, then ROM)."""
-    text = host.sysfs.read_optional(f"{PCI_DEVICES}/{bdf}/resource") or ""
-    out = {}
-    for i, line in enumerate(text.splitlines()[:6]):
-        f = line.split()
-        if len(f) >= 2:
-            start, end = int(f[0], 16), int(f[1], 16)
-            if end > start:
-                out[i] = end - start + 1
-    return out
+    """BAR sizes from sysfs ``resource`` (lines 0-5; see :meth:`Host.resources`)."""
+    return {r.line: r.size for r in host.resources(bdf)[:6] if r.size}
 
 
-def config_report(data: bytes, sizes: dict | None = None, source: str | None = None) -> dict:
+def config_report(data: bytes, sizes: dict | None = None, source: str | None = None,
+                  resources: list | None = None) -> dict:
+    """The decoded config space (:meth:`vfio.pci.config.ConfigSpace.to_dict`, lenient).
+
+    ``resources`` (sysfs ``resource`` lines) give the kernel's view of the BARs
+    and the ROM: type, address and size where the register does not carry
+    them (SR-IOV VFs, legacy IDE), marked ``virtual``."""
     from ..pci.config import ConfigSpace, ConfigSpaceError
     try:
-        cs = ConfigSpace(data, allow_short=True, bar_sizes=sizes, source=source)
-        return cs.to_dict(strict=False)
+        cs = ConfigSpace(data, allow_short=True, bar_sizes=sizes, resources=resources, source=source)
+        d = cs.to_dict(strict=False)
+        if source:
+            d["source"] = source
+        return d
     except ConfigSpaceError as e:
         return {"error": str(e), "offset": e.offset, "raw": bytes(data).hex()}
 
@@ -190,7 +204,12 @@ def vfio_report(dev) -> dict:
         try:
             r = dev.region_info(i)
         except OSError as e:
-            regions.append({"index": i, "name": REGION_NAMES.get(i), "error": str(e)})
+            if info.is_pci and i == uapi.VFIO_PCI_VGA_REGION_INDEX and e.errno == errno.EINVAL:
+                # vfio-pci's answer for a device that is not VGA: the index exists for every
+                # PCI device (num_regions counts it) but the region does not
+                regions.append({"index": i, "name": REGION_NAMES.get(i), "absent": "not a VGA device"})
+            else:
+                regions.append({"index": i, "name": REGION_NAMES.get(i), "error": str(e)})
             continue
         caps = []
         for c in r.caps:
@@ -210,8 +229,13 @@ def vfio_report(dev) -> dict:
         try:
             q = dev.irq_info(i)
         except OSError as e:
-            # e.g. ERR on a conventional PCI device: EINVAL although num_irqs counts it
-            irqs.append({"index": i, "name": IRQ_NAMES.get(i) if info.is_pci else None, "error": str(e)})
+            name = IRQ_NAMES.get(i) if info.is_pci else None
+            if info.is_pci and i == uapi.VFIO_PCI_ERR_IRQ_INDEX and e.errno == errno.EINVAL:
+                # vfio-pci's answer for a function without a PCI Express capability: there is
+                # no AER to report, although num_irqs counts the index
+                irqs.append({"index": i, "name": name, "absent": "no PCI Express capability, so no AER to report"})
+            else:
+                irqs.append({"index": i, "name": name, "error": str(e)})
             continue
         irqs.append({"index": i, "name": IRQ_NAMES.get(i) if info.is_pci else None, "count": q.count,
                      "flags": q.flags, "flag_names": _flag_names(q.flags, iflags)})
@@ -236,9 +260,16 @@ def device_report(host: Host, dev: PciDevice, names: Names | None = None, ask_ke
     out["subsystem_name"] = names.subsystem(dev.vendor, dev.device, dev.subsystem_vendor, dev.subsystem_device)
     try:
         data = host.config(dev.bdf)
-        out["config"] = config_report(data, bar_sizes(host, dev.bdf), host.sysfs.shown(f"{PCI_DEVICES}/{dev.bdf}/config"))
+        try:
+            resources, res_error = host.resources(dev.bdf), None
+        except HostError as e:          # a malformed resource file: decode from the registers alone
+            resources, res_error = None, str(e)
+        out["config"] = config_report(data, None, host.sysfs.shown(f"{PCI_DEVICES}/{dev.bdf}/config"), resources)
+        if res_error:
+            out["config"]["resources_error"] = res_error
     except OSError as e:
         out["config"] = {"error": str(e)}
+    out["physfn"] = host.sysfs.link_name(f"{PCI_DEVICES}/{dev.bdf}/physfn")
     out["vfio"] = None
     out["vfio_error"] = None
     if dev.driver in VFIO_PCI_DRIVERS:
@@ -254,17 +285,42 @@ def device_report(host: Host, dev: PciDevice, names: Names | None = None, ask_ke
 
 
 def record_report(path: str, names: Names | None = None) -> dict:
-    """A record file shown like a device: config space, regions, IRQs."""
+    """A record file shown like a device: config space, regions, IRQs.
+
+    The file is replayed (:func:`vfio.record.replay.open_replay`), so it is read
+    with the same checks as any replay.  What the file leaves out -- a region
+    or IRQ index below ``num_regions``/``num_irqs`` with no record (the kernel
+    refused it at capture), config space that is absent or unreadable -- is
+    listed under ``"absent"`` and the rest is shown; it never stops the report.
+    Raises :class:`vfio.record.format.RecordFormatError` (a ``ValueError``) for a
+    file that is not a record file replay accepts, ``OSError`` when it cannot be
+    opened or a call the file's own data should answer fails.
+    """
+    from .. import uapi
+    from ..errors import RegionAccessError
     from ..record.replay import open_replay
     names = names or Names()
     with open_replay(path) as dev:
         rep = {"schema": SCHEMA, "kind": "record", "file": path, "vfio": vfio_report(dev)}
+        v = rep["vfio"]
+        rec = dev.backend.record       # which indexes the file has no record for
+        rep["absent"] = [f"region {r['index']}" + (f" ({r['name']})" if r.get("name") else "")
+                         for r in v["regions"] if r["index"] not in rec.regions]
+        rep["absent"] += [f"irq {q['index']}" + (f" ({q['name']})" if q.get("name") else "")
+                          for q in v["irqs"] if q["index"] not in rec.interrupts]
         if dev.info.is_pci:
-            from .. import uapi
-            cfg = dev.region(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
-            data = cfg.read(0, cfg.info.size)
-            sizes = {i: dev.region_info(i).size for i in range(min(6, dev.info.num_regions))}
-            rep["config"] = config_report(data, {i: s for i, s in sizes.items() if s}, path)
+            sizes = {r["index"]: r["size"] for r in v["regions"] if r["index"] < 6 and r.get("size")}
+            cfg_index = uapi.VFIO_PCI_CONFIG_REGION_INDEX
+            if cfg_index not in rec.regions:
+                rep["config"] = {"error": f"no config space: the file has no region {cfg_index} (CONFIG)"}
+            else:
+                try:
+                    cfg = dev.region(cfg_index)
+                    data = cfg.read(0, cfg.info.size)
+                except (OSError, RegionAccessError) as e:
+                    rep["config"] = {"error": f"config space not readable: {e}"}
+                else:
+                    rep["config"] = config_report(data, sizes, path)
             c = rep["config"]
             if "vendor_id" in c:
                 rep["vendor_name"] = names.vendor(c["vendor_id"])
@@ -306,6 +362,7 @@ def render_interfaces(rep: dict, out) -> None:
 
 def render_host(rep: dict, out) -> None:
     render_interfaces(rep, out)
+    _assign.render_interrupted(rep.get("interrupted_assignments"), out)     # (vfio-assign)
     if not rep["names"]["available"]:
         print(f"({rep['names']['note']})", file=out)
     devs = {d["bdf"]: d for d in rep["devices"]}
@@ -337,13 +394,20 @@ def render_host(rep: dict, out) -> None:
 
 
 _REGISTER_SUFFIXES = ("ctl", "cap", "sta", "control", "status", "flags", "mask", "severity",
-                      "vector", "command", "pmc", "pmcsr", "offset", "capability")
+                      "vector", "command", "pmc", "pmcsr", "offset", "capability", "_id")
 
 
 def _render_fields(fields: dict, out, indent: str) -> None:
     parts = []
     for k, v in fields.items():
-        if isinstance(v, dict):
+        if isinstance(v, list) and v and all(isinstance(x, dict) and "kind" in x and "address" in x for x in v):
+            # BAR-like entries (the SR-IOV capability's VF BARs)
+            v = "[" + "; ".join(f"BAR{x['index']} {x['kind']}{' prefetchable' if x.get('prefetchable') else ''} "
+                                f"at {x['address']:#x}" for x in v) + "]"
+        elif isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and any(
+                x > 9 for x in v):
+            v = "[" + ",".join(hex(x) for x in v) + "]"
+        elif isinstance(v, dict):
             v = ",".join(f"{a}{'+' if b is True else '-' if b is False else '=' + str(b)}" for a, b in v.items())
         elif isinstance(v, bool):
             v = "+" if v else "-"
@@ -360,12 +424,51 @@ def _render_fields(fields: dict, out, indent: str) -> None:
         print(line.rstrip(), file=out)
 
 
+def _size(n: int) -> str:
+    """A size as lspci writes it: 16K, 256K, 1M, or bytes."""
+    for suffix in ("", "K", "M", "G", "T"):
+        if n % 1024 or suffix == "T":
+            return f"{n}{suffix}"
+        n //= 1024
+    return str(n)
+
+
+def _bar_line(b: dict) -> str:
+    """One BAR as lspci -vv words it, with our hex; [virtual] where the address is the kernel's."""
+    at = f"{b['address']:#x}" if b["address"] else "<unassigned>"
+    if b["kind"] == "io":
+        text = f"I/O ports at {at}"
+    else:
+        width = "64-bit" if b["kind"] == "mem64" else "32-bit"
+        text = f"Memory at {at} ({width}, {'' if b['prefetchable'] else 'non-'}prefetchable)"
+    if b.get("virtual"):
+        text += " [virtual]"
+    elif b.get("disabled"):
+        text += " [disabled]"
+    if b.get("origin") == "enhanced":
+        text += " [enhanced]"
+    if b.get("size"):
+        text += f" [size={_size(b['size'])}]"
+    return text
+
+
+def _config_heading(c: dict) -> str:
+    n = c["length"]
+    where = f" of {c['source']}" if c.get("source") else ""
+    if c.get("header_only"):
+        if hasattr(os, "geteuid") and os.geteuid() != 0:
+            return f"  config space: {n} bytes (header only: run as root for capabilities)"
+        return f"  config space: {n} bytes{where} (INCOMPLETE: only the 64-byte header; capabilities not decoded)"
+    if c.get("truncated"):
+        return f"  config space: {n} bytes{where} (INCOMPLETE: cut short, see below)"
+    return f"  config space: {n} bytes"
+
+
 def render_config(c: dict, out) -> None:
     if "error" in c and "vendor_id" not in c:
         print(f"  config space: cannot decode: {c['error']}", file=out)
         return
-    print(f"  config space: {c['length']} bytes" + ("" if c["length"] >= 256 else
-          " (header only: run as root for capabilities)"), file=out)
+    print(_config_heading(c), file=out)
     flags = " ".join(f"{k}{'+' if v else '-'}" for k, v in c["command_flags"].items())
     print(f"    Control: {flags}", file=out)
     st = " ".join(f"{k}{'+' if v is True else '-' if v is False else '=' + str(v)}"
@@ -373,18 +476,26 @@ def render_config(c: dict, out) -> None:
     print(f"    Status: {st}", file=out)
     print(f"    header type {c['header_type']:#04x}{' multi-function' if c['multifunction'] else ''}, "
           f"interrupt pin {c['interrupt_pin']} line {c['interrupt_line']}", file=out)
+    if c.get("resources_error"):
+        print(f"    kernel resources: cannot read: {c['resources_error']}", file=out)
     bars = c.get("bars")
     if isinstance(bars, dict):
         print(f"    BARs: cannot decode: {bars['error']}", file=out)
     else:
         for b in bars or []:
-            size = f" [size={b['size']:#x}]" if b.get("size") else ""
-            pf = " prefetchable" if b["prefetchable"] else ""
-            print(f"    BAR{b['index']}: {b['kind']}{pf} at {b['address']:#x}{size}", file=out)
+            print(f"    BAR{b['index']}: {_bar_line(b)}", file=out)
     rom = c.get("rom")
     if rom:
-        size = f" [size={rom['size']:#x}]" if rom.get("size") else ""
-        print(f"    Expansion ROM at {rom['address']:#x} [{'enabled' if rom['enabled'] else 'disabled'}]{size}", file=out)
+        text = f"Expansion ROM at {rom['address']:#x}" if rom["address"] else "Expansion ROM at <unassigned>"
+        if rom.get("virtual"):
+            text += " [virtual]"
+        if not rom["enabled"]:
+            text += " [disabled]"
+        elif not rom.get("virtual") and not c["command_flags"]["memory"]:
+            text += " [disabled by cmd]"          # lspci's words: enabled, but memory decode is off
+        if rom.get("size"):
+            text += f" [size={_size(rom['size'])}]"
+        print(f"    {text}", file=out)
     for key, title in (("capabilities", "Capabilities"), ("extended_capabilities", "Extended capabilities")):
         caps = c.get(key)
         if isinstance(caps, dict):
@@ -393,8 +504,14 @@ def render_config(c: dict, out) -> None:
         for cap in caps or []:
             name = cap["name"] or f"unknown {'capability' if key == 'capabilities' else 'extended capability'} {cap['id']:#x}"
             ver = f" v{cap['version']}" if "version" in cap else ""
+            if cap.get("truncated"):
+                print(f"    [{cap['offset']:#05x}] {name}{ver} <truncated: {cap['truncated']}>", file=out)
+                continue
             print(f"    [{cap['offset']:#05x}] {name}{ver}", file=out)
             _render_fields(cap["fields"], out, "        ")
+    for cut in c.get("incomplete") or []:
+        at = f" at {cut['offset']:#05x}" if cut.get("offset") is not None else ""
+        print(f"    INCOMPLETE{at}: {cut['message']}", file=out)
 
 
 def render_vfio(v: dict, out) -> None:
@@ -402,6 +519,9 @@ def render_vfio(v: dict, out) -> None:
           f"[{' '.join(v['flag_names'])}], {v['num_regions']} regions, {v['num_irqs']} IRQ indexes", file=out)
     for r in v["regions"]:
         name = f" {r['name']}" if r.get("name") else ""
+        if "absent" in r:
+            print(f"    region {r['index']}{name}: absent ({r['absent']})", file=out)
+            continue
         if "error" in r:
             print(f"    region {r['index']}{name}: {r['error']}", file=out)
             continue
@@ -413,7 +533,9 @@ def render_vfio(v: dict, out) -> None:
               f"[{' '.join(r['flag_names'])}]{caps}", file=out)
     for q in v["irqs"]:
         name = f" {q['name']}" if q.get("name") else ""
-        if "error" in q:
+        if "absent" in q:
+            print(f"    irq {q['index']}{name}: absent ({q['absent']})", file=out)
+        elif "error" in q:
             print(f"    irq {q['index']}{name}: {q['error']}", file=out)
         else:
             print(f"    irq {q['index']}{name}: count {q['count']} [{' '.join(q['flag_names'])}]", file=out)
@@ -448,6 +570,9 @@ def render_record(rep: dict, out) -> None:
     if c:
         render_config(c, out)
     render_vfio(rep["vfio"], out)
+    if rep.get("absent"):
+        print(f"  not in the file: {', '.join(rep['absent'])} (the kernel refused them at capture; "
+              "replay answers EINVAL)", file=out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,6 +593,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+@entry_point("vfio-inspect")
 def main(argv=None, out=None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
@@ -481,7 +607,7 @@ def main(argv=None, out=None) -> int:
         if not args.targets:
             reports.append(host_report(host, names, not args.no_kernel))
         for t in args.targets:
-            if os.path.isfile(t):
+            if os.path.exists(t):       # any file: the record reader names what is wrong with it (a FIFO, a directory)
                 reports.append(record_report(t, names))
                 continue
             if "/" in t:
@@ -514,11 +640,12 @@ def _incomplete(r: dict) -> bool:
     if r.get("vfio_error") and r["vfio_error"] != CAPTURED_TREE:
         return True
     cfg = r.get("config") or {}
+    if cfg.get("truncated") or cfg.get("incomplete") or cfg.get("resources_error"):
+        return True         # part of config space could not be decoded: said in place, exit 3
+    if cfg.get("header_only") and not (hasattr(os, "geteuid") and os.geteuid() != 0):
+        return True         # root got only the header: a cut capture, not the non-root view
     return "error" in cfg or any(isinstance(v, dict) and "error" in v for v in cfg.values())
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(main())

@@ -20,6 +20,11 @@ rules of ``drivers/base/bus.c`` and ``drivers/pci/pci-driver.c`` (6.12):
   ``dev/vfio/devices``, the cdev node ``vfioK``); unbinding undoes them.  ``modprobe vfio-pci`` creates the driver
   directory and ``dev/vfio/vfio``.
 
+* With ``probe_groups`` (BDF -> group number), a device without a group
+  joins that group when a driver binds it, as under virtio-iommu described by
+  ACPI VIOT, where ``dma_configure()`` at probe time attaches the device to
+  the IOMMU.  The group stays after unbind (it goes only with the device).
+
 Native drivers (which ID tables match) cannot be known from sysfs; by default
 a device's native driver is the one named by ``DRIVER=`` in its captured
 ``uevent`` file (unless that was a VFIO driver), which the simulation never
@@ -46,8 +51,9 @@ _BIND = re.compile(r"^sys/bus/pci/drivers/([^/]+)/(bind|unbind)$")
 class SimulatedSysfs(Sysfs):
     """See the module docstring.  ``native`` maps BDF -> drivers whose ID table matches."""
 
-    def __init__(self, root: str, native: dict | None = None):
+    def __init__(self, root: str, native: dict | None = None, probe_groups: dict | None = None):
         super().__init__(root)
+        self.probe_groups = dict(probe_groups or {})
         self.writes: list[tuple[str, str]] = []       # (shown path, value), in order
         self.owners: dict[str, tuple[int, int]] = {}  # chown is recorded, not done
         self.modprobed: list[str] = []
@@ -81,6 +87,11 @@ class SimulatedSysfs(Sysfs):
         drv_dir = self.path(f"{PCI_DRIVERS}/{drv}")
         os.symlink(os.path.relpath(drv_dir, dev_real), os.path.join(dev_real, "driver"))
         os.symlink(os.path.relpath(dev_real, drv_dir), os.path.join(drv_dir, bdf))
+        if bdf in self.probe_groups and self.link_name(f"{self._dev_rel(bdf)}/iommu_group") is None:
+            gdir = self.path(f"sys/kernel/iommu_groups/{self.probe_groups[bdf]}")
+            os.makedirs(os.path.join(gdir, "devices"), exist_ok=True)
+            os.symlink(os.path.relpath(dev_real, os.path.join(gdir, "devices")), os.path.join(gdir, "devices", bdf))
+            os.symlink(os.path.relpath(gdir, dev_real), os.path.join(dev_real, "iommu_group"))
         if drv in VFIO_PCI_DRIVERS:
             group = self.link_name(f"{self._dev_rel(bdf)}/iommu_group")
             if group is not None:

@@ -24,13 +24,16 @@ Every change made to the system goes through one object, :class:`Sysfs`:
 :class:`DryRunSysfs` records those actions instead of doing them (what
 ``vfio-assign --dry-run`` prints), :mod:`vfio.host.simulate` makes a fixture
 tree react to them the way the kernel does, and the fault-injection tests
-wrap them to fail at each step.
+wrap them to fail at each step.  For crash tests across processes,
+``VFIO_FAULT_KILL_AT_WRITE=N`` (or ``N+``) makes :meth:`Sysfs.write` SIGKILL
+the process just before (after) its Nth write.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 from dataclasses import dataclass, field
 
@@ -40,6 +43,9 @@ from ..group import normalize_bdf
 PCI_DEVICES = "sys/bus/pci/devices"
 PCI_DRIVERS = "sys/bus/pci/drivers"
 IOMMU_GROUPS = "sys/kernel/iommu_groups"
+IOMMU_CLASS = "sys/class/iommu"
+#: ``iommu_group_set_name()`` of drivers/vfio/group.c for its no-IOMMU groups.
+NOIOMMU_GROUP_NAME = "vfio-noiommu"
 
 # Bounds on directory walks: a real host has a few hundred PCI functions at most.
 MAX_ENTRIES = 65536
@@ -70,6 +76,24 @@ class Action:
                 return f"chown {uid} {self.path}"
             return f"chgrp {gid} {self.path}" if uid == "-1" else f"chown {self.value} {self.path}"
         return f"modprobe {self.value}"
+
+
+#: See :meth:`Sysfs.write`.
+FAULT_ENV = "VFIO_FAULT_KILL_AT_WRITE"
+_writes_started = 0
+
+
+def _fault_point(after: bool) -> None:
+    """SIGKILL this process at the write point ``VFIO_FAULT_KILL_AT_WRITE`` names."""
+    global _writes_started
+    spec = os.environ.get(FAULT_ENV)
+    if not after:
+        _writes_started += 1
+    if not spec:
+        return
+    n, at_after = (spec[:-1], True) if spec.endswith("+") else (spec, False)
+    if n.isdigit() and int(n) == _writes_started and at_after == after:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Sysfs:
@@ -143,15 +167,25 @@ class Sysfs:
 
     # ---- the only ways this toolkit changes the host ---------------------
     def write(self, rel: str, value: str) -> None:
-        """Write ``value`` to a sysfs attribute in a single write(2), as the kernel expects."""
+        """Write ``value`` to a sysfs attribute in a single write(2), as the kernel expects.
+
+        Fault injection (for crash tests of callers such as vfio-assign): with
+        ``VFIO_FAULT_KILL_AT_WRITE=N`` in the environment the process SIGKILLs
+        itself just before its Nth write through this method, with ``N+`` just
+        after it (the kernel has acted, the caller's bookkeeping has not);
+        ``vfio-assign --dry-run --json`` lists a plan's write points."""
+        _fault_point(False)
         try:
-            fd = os.open(self.path(rel), os.O_WRONLY)
+            # O_TRUNC as the shell's ">" does: sysfs ignores it; a captured tree then
+            # reads back what was written, as the attribute would
+            fd = os.open(self.path(rel), os.O_WRONLY | os.O_TRUNC)
             try:
                 os.write(fd, value.encode())
             finally:
                 os.close(fd)
         except OSError as e:
             raise wrap_oserror(e, f"writing {value.strip()!r} to {self.shown(rel)}") from None
+        _fault_point(True)
 
     def chown(self, rel: str, uid: int, gid: int) -> None:
         try:
@@ -320,6 +354,29 @@ class Host:
         """Config space as sysfs gives it (all of it as root, 64 bytes otherwise)."""
         return self.sysfs.read_bytes(f"{PCI_DEVICES}/{normalize_bdf(bdf)}/config")
 
+    def resources(self, bdf: str) -> list:
+        """Every line of sysfs ``resource`` as :class:`vfio.pci.config.KernelResource`
+        (line 0-5 the BARs, 6 the ROM, 7-12 an SR-IOV PF's VF BARs, then bridge
+        windows): the kernel's view of each BAR, including those whose register
+        reads 0 (SR-IOV VFs, legacy-mode IDE).  [] when the file does not exist
+        (an old capture).  Raises :class:`HostError` naming the path and line
+        when a line is not ``start end flags`` in hex."""
+        from ..pci.config import KernelResource
+        rel = f"{PCI_DEVICES}/{normalize_bdf(bdf)}/resource"
+        text = self.sysfs.read_optional(rel)
+        out = []
+        for n, line in enumerate((text or "").splitlines()):
+            f = line.split()
+            try:
+                if len(f) != 3:
+                    raise ValueError
+                start, end, flags = (int(x, 16) for x in f)
+            except ValueError:
+                raise HostError(f"{self.sysfs.shown(rel)}: line {n + 1} is not 'start end flags' in hex: "
+                                f"{line.strip()!r}") from None
+            out.append(KernelResource(n, start, end, flags))
+        return out
+
     def drivers(self) -> list[str]:
         return self.sysfs.listdir(PCI_DRIVERS)
 
@@ -332,8 +389,21 @@ class Host:
 
     @property
     def has_iommu(self) -> bool:
-        """True when the kernel made IOMMU groups (an IOMMU is present and enabled)."""
-        return bool(self.group_numbers())
+        """True when the kernel has an IOMMU registered: an entry in ``/sys/class/iommu``
+        (every IOMMU driver registers one: dmar0, ivhd0, the virtio-iommu device...)
+        or an IOMMU group that is not one of VFIO's no-IOMMU groups.
+
+        Not judged from any one device's ``iommu_group``: some IOMMUs (virtio-iommu
+        described by ACPI VIOT) attach a device, and give it a group, only when a
+        driver probes it."""
+        if self.sysfs.listdir(IOMMU_CLASS):
+            return True
+        return any(not self.is_noiommu_group(n) for n in self.group_numbers())
+
+    def is_noiommu_group(self, number: str) -> bool:
+        """A group VFIO made up in no-IOMMU mode (its ``name`` is ``vfio-noiommu``;
+        the node is ``/dev/vfio/noiommu-N``): no IOMMU stands behind it."""
+        return self.sysfs.read_optional(f"{IOMMU_GROUPS}/{number}/name") == NOIOMMU_GROUP_NAME
 
     def group(self, number: str) -> IommuGroup:
         rel = f"{IOMMU_GROUPS}/{number}"

@@ -43,7 +43,9 @@ instead, for tools that show whatever decodes.
 
 Example::
 
-    cs = ConfigSpace(open("/sys/bus/pci/devices/0000:00:04.0/config", "rb").read())
+    from vfio.host.sysfs import Host
+    nvme = Host().find("1b36:0010")[0]     # QEMU's NVMe controller, by vendor:device
+    cs = ConfigSpace(open(f"/sys/bus/pci/devices/{nvme.bdf}/config", "rb").read())
     cs.vendor_id, cs.device_id          # 0x1b36, 0x0010
     cs.msix.table_bir, cs.msix.table_size
     [c.name for c in cs.capabilities]   # ['MSI-X', 'PCI Express', 'Power Management']
@@ -53,13 +55,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from . import regs as R
 
 __all__ = [
-    "ConfigSpaceError", "Bar", "Rom", "BridgeWindows", "Capability", "ExtCapability", "ConfigSpace",
+    "ConfigSpaceError", "ConfigSpaceTruncated", "Bar", "BarOrigin", "KernelResource", "Rom", "BridgeWindows",
+    "Capability", "ExtCapability", "ConfigSpace",
     "walk_capabilities", "walk_extended_capabilities", "capability_size", "extended_capability_size",
     "bar_size_from_mask", "lspci_dump",
 ]
@@ -85,11 +89,22 @@ class ConfigSpaceError(ValueError):
 # ---------------------------------------------------------------------------
 # little-endian accessors that say what was out of range
 # ---------------------------------------------------------------------------
+class ConfigSpaceTruncated(ConfigSpaceError):
+    """A read past the end of the data: the bytes are missing (a truncated file or
+    read), or a capability runs off the end of config space.  ``entries`` holds
+    what a list walk found before it stopped, ``pointer`` the register (in the
+    data) that points past its end."""
+    entries: tuple | list = ()
+    pointer: int | None = None
+
+
 def _rd(data, offset: int, size: int, source: str | None = None) -> int:
-    if offset < 0 or offset + size > len(data):
-        raise ConfigSpaceError(f"{size}-byte read past the end of the {len(data)} bytes available"
+    if offset < 0:
+        raise ConfigSpaceError(f"{size}-byte read at a negative offset", offset, source)
+    if offset + size > len(data):
+        raise ConfigSpaceTruncated(f"{size}-byte read past the end of the {len(data)} bytes available"
                                + (" (a non-root sysfs read returns only the 64-byte header)"
-                                  if len(data) < R.CFG_SPACE_SIZE else ""), offset, source)
+                                  if len(data) == R.STD_HEADER_SIZEOF else ""), offset, source)
     return int.from_bytes(data[offset:offset + size], "little")
 
 
@@ -121,6 +136,15 @@ def walk_capabilities(data, source: str | None = None) -> list[tuple[int, int, i
     ptr = _rd(data, where, 1, source)
     seen: dict[int, int] = {}
     out: list[tuple[int, int, int]] = []
+    try:
+        _walk_std(data, source, where, ptr, seen, out)
+    except ConfigSpaceTruncated as e:
+        e.entries = out
+        raise
+    return out
+
+
+def _walk_std(data, source, where, ptr, seen, out) -> None:
     while ptr:
         if ptr < R.STD_HEADER_SIZEOF:
             raise ConfigSpaceError(f"capability pointer {ptr:#04x} points into the standard header", where, source)
@@ -131,34 +155,52 @@ def walk_capabilities(data, source: str | None = None) -> list[tuple[int, int, i
                                    f"already visited as entry {seen[ptr]}", where, source)
         if len(out) >= MAX_STD_CAPS:  # cannot happen without a loop; the bound is the guarantee
             raise ConfigSpaceError(f"capability list longer than {MAX_STD_CAPS} entries", where, source)
-        cap_id = _rd(data, ptr, 1, source)
-        nxt = _rd(data, ptr + R.CAP_LIST_NEXT, 1, source)
+        try:
+            cap_id = _rd(data, ptr, 1, source)
+            nxt = _rd(data, ptr + R.CAP_LIST_NEXT, 1, source)
+        except ConfigSpaceTruncated as e:
+            e.pointer = where           # the register that points past the end of the data
+            raise
         seen[ptr] = len(out)
         out.append((ptr, cap_id, nxt))
         where, ptr = ptr + R.CAP_LIST_NEXT, nxt
-    return out
 
 
 def walk_extended_capabilities(data, source: str | None = None) -> list[tuple[int, int, int, int]]:
     """Walk the extended capability list of ``data``.
 
     Returns ``[(offset, cap_id, version, next), ...]``; ``[]`` when ``data``
-    is shorter than 4096 bytes or the header at 0x100 is 0 or all ones (no
+    has no bytes past 0x100 or the header at 0x100 is 0 or all ones (no
     list, or a function that does not decode extended config space).  An ID 0
     entry with a non-zero header (what QEMU leaves at 0x100 when it hides the
     first capability) is returned as is.  Raises :class:`ConfigSpaceError` on
     a next pointer below 0x100, a pointer to a zero or all-ones header, or a
     loop.  Does not check whether the function has a PCIe capability: that is
-    :class:`ConfigSpace`'s business.
+    :class:`ConfigSpace`'s business.  Data that ends inside the list (a
+    truncated file) raises :class:`ConfigSpaceTruncated` carrying the entries
+    found up to there.
     """
-    if len(data) < R.CFG_SPACE_EXP_SIZE:
+    if len(data) <= R.CFG_SPACE_SIZE:
         return []
-    off = R.EXT_CAP_START
-    header = _rd(data, off, 4, source)
-    if header in (0, 0xFFFFFFFF):
-        return []
-    seen: dict[int, int] = {}
     out: list[tuple[int, int, int, int]] = []
+    try:
+        _walk_ext(data, source, out)
+    except ConfigSpaceTruncated as e:
+        e.entries = out
+        raise
+    return out
+
+
+def _walk_ext(data, source, out) -> None:
+    off = R.EXT_CAP_START
+    try:
+        header = _rd(data, off, 4, source)
+    except ConfigSpaceTruncated as e:
+        e.pointer = off                 # the list's fixed start
+        raise
+    if header in (0, 0xFFFFFFFF):
+        return
+    seen: dict[int, int] = {}
     where = None  # offset of the header that pointed here
     while True:
         if off in seen:
@@ -166,7 +208,11 @@ def walk_extended_capabilities(data, source: str | None = None) -> list[tuple[in
                                    f"entry {seen[off]}", where, source)
         if len(out) >= MAX_EXT_CAPS:
             raise ConfigSpaceError(f"extended capability list longer than {MAX_EXT_CAPS} entries", where, source)
-        header = _rd(data, off, 4, source)
+        try:
+            header = _rd(data, off, 4, source)
+        except ConfigSpaceTruncated as e:
+            e.pointer = where if where is not None else off
+            raise
         if where is not None and header in (0, 0xFFFFFFFF):
             raise ConfigSpaceError(f"extended capability next pointer {off:#05x} leads to an empty header "
                                    f"({header:#010x})", where, source)
@@ -174,7 +220,7 @@ def walk_extended_capabilities(data, source: str | None = None) -> list[tuple[in
         seen[off] = len(out)
         out.append((off, R.ext_cap_id(header), R.ext_cap_ver(header), nxt))
         if nxt == 0:
-            return out
+            return
         if nxt < R.EXT_CAP_START:
             raise ConfigSpaceError(f"extended capability next pointer {nxt:#05x} points into the standard "
                                    f"config space (below 0x100)", off, source)
@@ -184,6 +230,72 @@ def walk_extended_capabilities(data, source: str | None = None) -> list[tuple[in
 # ---------------------------------------------------------------------------
 # BARs
 # ---------------------------------------------------------------------------
+class BarOrigin(str, Enum):
+    """Where a BAR's type and address come from (``Bar.origin``)."""
+    REGISTER = "register"       # the BAR register itself (config bytes alone, or the kernel agrees)
+    KERNEL = "kernel"           # sysfs ``resource``: the register reads 0 (lspci's ``[virtual]``)
+    SRIOV = "sr-iov"            # a VF: the kernel's address, from the PF's SR-IOV capability VF BAR
+    ENHANCED = "enhanced"       # an Enhanced Allocation entry (lspci's ``[enhanced]``)
+
+
+@dataclass(frozen=True)
+class KernelResource:
+    """One line of sysfs ``resource``: the kernel's view of a BAR, the ROM or a window.
+
+    ``line`` is the line number (0-5 BARs, 6 ROM, 7-12 VF BARs of an SR-IOV
+    PF); ``flags`` the kernel's IORESOURCE_* bits (``vfio.pci.regs``).  The
+    kernel prints ``0 0 0`` for a resource it does not have.
+    """
+    line: int
+    start: int
+    end: int
+    flags: int
+
+    @property
+    def present(self) -> bool:
+        return bool(self.flags & R.IORESOURCE_TYPE_BITS) or bool(self.start or self.end)
+
+    @property
+    def size(self) -> int:
+        """Bytes covered (the kernel's resource_size(); 1 for a single I/O port), 0 when absent."""
+        if not self.present or self.end < self.start or (self.end == self.start == 0):
+            return 0
+        return self.end - self.start + 1
+
+    @property
+    def is_io(self) -> bool:
+        return bool(self.flags & R.IORESOURCE_IO)
+
+    @property
+    def is_mem(self) -> bool:
+        return bool(self.flags & R.IORESOURCE_MEM)
+
+    @property
+    def kind(self) -> str | None:
+        """``'io'``, ``'mem32'``, ``'mem64'``, or None when the kernel gives no type."""
+        if self.is_io:
+            return "io"
+        if self.is_mem:
+            return "mem64" if self.flags & R.IORESOURCE_MEM_64 else "mem32"
+        return None
+
+    @property
+    def prefetchable(self) -> bool:
+        return bool(self.flags & R.IORESOURCE_PREFETCH)
+
+    @property
+    def fixed(self) -> bool:
+        return bool(self.flags & R.IORESOURCE_PCI_FIXED)
+
+    @property
+    def enhanced(self) -> bool:
+        return bool(self.flags & R.IORESOURCE_PCI_EA_BEI)
+
+    @property
+    def unset(self) -> bool:
+        return bool(self.flags & R.IORESOURCE_UNSET)
+
+
 @dataclass(frozen=True)
 class Bar:
     """One Base Address Register (a 64-bit BAR is one Bar covering two slots).
@@ -193,6 +305,14 @@ class Bar:
     the register value (both dwords for ``'mem64'``), ``address`` the decoded
     base with the flag bits masked off.  ``size`` is ``None`` unless sizing
     data was given to :class:`ConfigSpace` (config bytes alone do not say).
+
+    Given the kernel's resources, type and address are the kernel's (as lspci
+    shows them), and ``origin`` says where they come from: ``virtual`` is True
+    when the register reads 0 but the kernel has the resource (an SR-IOV VF,
+    whose BARs the PF's SR-IOV capability defines; a legacy-mode IDE
+    controller's fixed ports, ``fixed``).  ``disabled`` is lspci's
+    ``[disabled]``: a BAR of the register whose decoding the Command register
+    switches off.
     """
     index: int
     offset: int
@@ -201,6 +321,10 @@ class Bar:
     address: int
     raw: int
     size: int | None = None
+    origin: BarOrigin = BarOrigin.REGISTER
+    virtual: bool = False
+    fixed: bool = False
+    disabled: bool = False
 
     @property
     def is_io(self) -> bool:
@@ -211,7 +335,9 @@ class Bar:
         return self.kind == "mem64"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["origin"] = self.origin.value
+        return d
 
 
 def bar_size_from_mask(mask: int, kind: str) -> int:
@@ -235,12 +361,18 @@ def bar_size_from_mask(mask: int, kind: str) -> int:
 
 @dataclass(frozen=True)
 class Rom:
-    """The expansion ROM BAR (0x30, or 0x38 on a bridge)."""
+    """The expansion ROM BAR (0x30, or 0x38 on a bridge).
+
+    ``address`` is the kernel's when its resource was given (``virtual`` when
+    the register's address bits read 0 but the kernel has one), else the
+    register's; ``enabled`` is the register's enable bit.
+    """
     offset: int
     address: int
     enabled: bool
     raw: int
     size: int | None = None
+    virtual: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -329,14 +461,18 @@ class Capability(_FieldAccess):
     name: str | None
     raw: bytes
     fields: dict = field(default_factory=dict)
+    truncated: str | None = None      # why the body could not be decoded (the data ends inside it)
 
     @property
     def label(self) -> str:
         return self.name if self.name is not None else f"capability {self.id:#04x}"
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "offset": self.offset, "next": self.next, "name": self.name,
-                "raw": self.raw.hex(), "fields": _fields_json(self.fields)}
+        d = {"id": self.id, "offset": self.offset, "next": self.next, "name": self.name,
+             "raw": self.raw.hex(), "fields": _fields_json(self.fields)}
+        if self.truncated:
+            d["truncated"] = self.truncated
+        return d
 
 
 @dataclass(frozen=True)
@@ -349,14 +485,18 @@ class ExtCapability(_FieldAccess):
     name: str | None
     raw: bytes
     fields: dict = field(default_factory=dict)
+    truncated: str | None = None      # see Capability.truncated
 
     @property
     def label(self) -> str:
         return self.name if self.name is not None else f"extended capability {self.id:#06x}"
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "version": self.version, "offset": self.offset, "next": self.next,
-                "name": self.name, "raw": self.raw.hex(), "fields": _fields_json(self.fields)}
+        d = {"id": self.id, "version": self.version, "offset": self.offset, "next": self.next,
+             "name": self.name, "raw": self.raw.hex(), "fields": _fields_json(self.fields)}
+        if self.truncated:
+            d["truncated"] = self.truncated
+        return d
 
 
 class _Ctx:
@@ -738,7 +878,31 @@ def _dec_sriov(c: _Ctx, o: int):
         "vf_device_id": c.u16(o + R.SRIOV_VF_DID), "supported_page_sizes": c.u32(o + R.SRIOV_SUP_PGSIZE),
         "system_page_size": c.u32(o + R.SRIOV_SYS_PGSIZE),
         "vf_bars": [c.u32(o + R.SRIOV_BAR + 4 * i) for i in range(6)],
+        "vf_bar_regions": _vf_bar_regions([c.u32(o + R.SRIOV_BAR + 4 * i) for i in range(6)]),
     }
+
+
+def _vf_bar_regions(regs: list[int]) -> list[dict]:
+    """The SR-IOV capability's six VF BAR registers decoded like a type 0 header's BARs.
+
+    Each VF's BAR n lies at the VF BAR n address + VF number x the per-VF size
+    (the kernel's sysfs ``resource`` of the PF, lines 7-12, holds all VFs' span).
+    Registers reading 0 are left out, as lspci does."""
+    out, i = [], 0
+    while i < len(regs):
+        raw = regs[i]
+        if raw & R.BASE_ADDRESS_SPACE_IO:          # not allowed for VFs, shown as it reads
+            kind, addr, width = "io", raw & R.BASE_ADDRESS_IO_MASK, 1
+        elif raw & R.BASE_ADDRESS_MEM_TYPE_MASK == R.BASE_ADDRESS_MEM_TYPE_64 and i + 1 < len(regs):
+            raw |= regs[i + 1] << 32
+            kind, addr, width = "mem64", raw & ~0xF, 2
+        else:
+            kind, addr, width = "mem32", raw & R.BASE_ADDRESS_MEM_MASK, 1
+        if raw:
+            pref = kind != "io" and _bit(raw, R.BASE_ADDRESS_MEM_PREFETCH)
+            out.append({"index": i, "kind": kind, "prefetchable": pref, "address": addr, "raw": raw})
+        i += width
+    return out
 
 
 def _dec_ext_vndr(c: _Ctx, o: int):
@@ -785,20 +949,32 @@ _EXT_DECODERS: dict[int, Callable[[_Ctx, int], tuple[int, dict]]] = {
 
 
 def _decode_list(entries, decoders, ctx: _Ctx, start: int, end: int, what: str):
-    """Decode each (offset, id) of a walked list; returns [(size, fields, raw)] in list order.
+    """Decode each (offset, id) of a walked list; returns [(size, fields, raw, truncated)] in list order.
 
     The size of an ID without a decoder is a guess (up to the next capability in
     address order); decoded sizes are checked against the end of the space and
-    against each other.
+    against each other.  A capability whose registers lie past the end of the
+    data (a truncated read, or a capability running off the end of config
+    space) is returned with ``truncated`` saying so, at its own offset.
     """
     offsets = sorted(e[0] for e in entries)
     decoded = []
     known = []  # (offset, size) of decoded capabilities, for the overlap check
+    n = len(ctx.data)
     for e in entries:
         off, cap_id = e[0], e[1]
         dec = decoders.get(cap_id)
         if dec is not None:
-            size, fields = dec(ctx, off)
+            try:
+                size, fields = dec(ctx, off)
+            except ConfigSpaceTruncated:
+                decoded.append((n - off, {}, bytes(ctx.data[off:]), _cut_message(what, cap_id, off, n, end)))
+                continue
+            if off + size > n and off + size <= end:
+                # decoded from what is there, but its tail is missing
+                decoded.append((n - off, fields, bytes(ctx.data[off:]),
+                                _cut_message(what, cap_id, off, n, end, size)))
+                continue
             if off + size > end:
                 raise ConfigSpaceError(f"{what} {cap_id:#04x} of {size} bytes runs past the end of its space "
                                        f"({end:#05x})", off, ctx.source)
@@ -806,7 +982,7 @@ def _decode_list(entries, decoders, ctx: _Ctx, start: int, end: int, what: str):
         else:
             later = [x for x in offsets if x > off]
             size, fields = (later[0] if later else min(end, len(ctx.data))) - off, {}
-        decoded.append((size, fields, bytes(ctx.data[off:off + size])))
+        decoded.append((size, fields, bytes(ctx.data[off:off + size]), None))
     known.sort()
     for (o1, s1, i1), (o2, _s2, i2) in zip(known, known[1:]):
         if o1 + s1 > o2:
@@ -819,6 +995,14 @@ def _decode_list(entries, decoders, ctx: _Ctx, start: int, end: int, what: str):
                 raise ConfigSpaceError(f"{what} at {off:#05x} lies inside {what} {i1:#04x} at {o1:#05x} "
                                        f"({s1} bytes)", off, ctx.source)
     return decoded
+
+
+def _cut_message(what: str, cap_id: int, off: int, n: int, end: int, size: int | None = None) -> str:
+    """Why the capability at ``off`` is truncated: where its bytes stop."""
+    whose = f"{what} {cap_id:#04x} at {off:#05x}" + (f" ({size} bytes)" if size else "")
+    if n >= end:
+        return f"{whose} runs past the end of config space ({end:#05x})"
+    return f"{whose} is cut short: the data ends at {n:#05x} (only {n} bytes were read)"
 
 
 def capability_size(data, offset: int, header_type: int = R.HEADER_TYPE_NORMAL, vendor_id: int = 0) -> int | None:
@@ -844,13 +1028,24 @@ class ConfigSpace:
     """A decoded snapshot of one function's configuration space.  See the module docstring.
 
     ``bar_sizes`` maps BAR index to size in bytes (from VFIO region info,
-    sysfs ``resource``, or :func:`bar_size_from_mask`); ``rom_size`` likewise.
-    ``source`` names the data in error messages.
+    or :func:`bar_size_from_mask`); ``rom_size`` likewise.  ``resources``
+    is the kernel's view, the lines of sysfs ``resource``
+    (:class:`KernelResource`, e.g. from :meth:`vfio.host.sysfs.Host.resources`):
+    where given, a BAR's type, address and size are the kernel's, which is
+    the only place they exist when the register reads 0 (SR-IOV VFs,
+    legacy-mode IDE; see :class:`Bar`).  ``source`` names the data in error
+    messages.
+
+    With ``allow_short``, data of other lengths than 256/4096 is decoded as
+    far as it goes: 64 bytes is a header-only read (:attr:`header_only`, what
+    sysfs gives a non-root reader); any other length is :attr:`truncated` and
+    what could not be decoded is listed by :attr:`incomplete` and marked on
+    the capability it cuts (``Capability.truncated``).
     """
 
     def __init__(self, data: bytes | bytearray | memoryview, *, allow_short: bool = False,
                  bar_sizes: Mapping[int, int] | None = None, rom_size: int | None = None,
-                 source: str | None = None):
+                 resources: "Iterable[KernelResource] | None" = None, source: str | None = None):
         data = bytes(data)
         n = len(data)
         if n > R.CFG_SPACE_EXP_SIZE:
@@ -866,6 +1061,35 @@ class ConfigSpace:
         self.source = source
         self.bar_sizes = dict(bar_sizes or {})
         self.rom_size = rom_size
+        self.resources: dict[int, KernelResource] = {r.line: r for r in (resources or ()) if r.present}
+        self._cut: list[tuple[int | None, str]] = []   # filled by the list walks of truncated data
+
+    @property
+    def header_only(self) -> bool:
+        """Only the 64-byte standard header: what sysfs ``config`` gives a reader without root."""
+        return len(self.raw) == R.STD_HEADER_SIZEOF
+
+    @property
+    def truncated(self) -> bool:
+        """The data stops short of the 256 or 4096 bytes a function has (a cut file or read)."""
+        return len(self.raw) not in (R.STD_HEADER_SIZEOF, R.CFG_SPACE_SIZE, R.CFG_SPACE_EXP_SIZE)
+
+    @property
+    def incomplete(self) -> list[tuple[int | None, str]]:
+        """(offset, why) for each part that could not be decoded because the data ends:
+        the length itself, a list continuing past the end, each truncated capability.
+        Empty for complete data and for a header-only read.  Decodes both lists."""
+        caps = self.capabilities
+        ext = self.extended_capabilities
+        out: list[tuple[int | None, str]] = []
+        n = len(self.raw)
+        if self.truncated:
+            full = R.CFG_SPACE_SIZE if n < R.CFG_SPACE_SIZE else R.CFG_SPACE_EXP_SIZE
+            out.append((n, f"{n} bytes: config space is cut short (a function has {R.CFG_SPACE_SIZE} or "
+                           f"{R.CFG_SPACE_EXP_SIZE}); bytes {n:#05x}..{full - 1:#05x} are missing"))
+        out.extend(self._cut)
+        out.extend((c.offset, c.truncated) for c in [*caps, *ext] if c.truncated)
+        return out
 
     def _u8(self, off: int) -> int:
         return _rd(self.raw, off, 1, self.source)
@@ -1003,34 +1227,50 @@ class ConfigSpace:
         """BAR registers the header type has: 6 (type 0), 2 (type 1), 1 (CardBus socket base)."""
         return {R.HEADER_TYPE_NORMAL: 6, R.HEADER_TYPE_BRIDGE: 2, R.HEADER_TYPE_CARDBUS: 1}.get(self.header_type, 0)
 
+    @property
+    def is_virtual_function(self) -> bool:
+        """An SR-IOV VF: its Vendor and Device ID registers read 0xffff (the IDs are the PF's
+        SR-IOV capability's), and so do not say what it is; neither do its BAR registers (0)."""
+        return self.vendor_id == 0xFFFF and self.device_id == 0xFFFF
+
     @cached_property
     def bars(self) -> list[Bar]:
-        """Implemented BARs: those whose register is non-zero or whose size is known and non-zero.
+        """Implemented BARs: those whose register is non-zero, whose size is known and non-zero,
+        or which the kernel has (``resources``).
 
         (From config bytes alone an unimplemented BAR and an unassigned 32-bit
-        memory BAR both read 0; give ``bar_sizes`` to tell them apart.)
+        memory BAR both read 0; give ``bar_sizes`` or ``resources`` to tell them apart.)
         """
         out: list[Bar] = []
         i, n = 0, self.num_bar_slots
+        cmd = self.command
         while i < n:
             off = R.BASE_ADDRESS_0 + 4 * i
             raw = self._u32(off)
+            kr = self.resources.get(R.RESOURCE_LINE_BARS + i)
+            if kr is not None and kr.kind is not None:
+                bar = self._kernel_bar(i, off, raw, kr, cmd)
+                out.append(bar)
+                i += 2 if bar.kind == "mem64" else 1
+                continue
             size = self.bar_sizes.get(i)
             if raw & R.BASE_ADDRESS_SPACE_IO:
-                bar = Bar(i, off, "io", False, raw & R.BASE_ADDRESS_IO_MASK, raw, size)
+                bar = Bar(i, off, "io", False, raw & R.BASE_ADDRESS_IO_MASK, raw, size,
+                          disabled=not cmd & R.COMMAND_IO)
                 i += 1
             else:
                 mtype = raw & R.BASE_ADDRESS_MEM_TYPE_MASK
                 pref = _bit(raw, R.BASE_ADDRESS_MEM_PREFETCH)
+                dis = not cmd & R.COMMAND_MEMORY
                 if mtype == R.BASE_ADDRESS_MEM_TYPE_64:
                     if i + 1 >= n:
                         raise ConfigSpaceError(f"BAR{i} is 64-bit but is the last BAR of a type "
                                                f"{self.header_type} header: no upper half", off, self.source)
                     raw64 = raw | (self._u32(off + 4) << 32)
-                    bar = Bar(i, off, "mem64", pref, raw64 & 0xFFFFFFFFFFFFFFF0, raw64, size)
+                    bar = Bar(i, off, "mem64", pref, raw64 & 0xFFFFFFFFFFFFFFF0, raw64, size, disabled=dis)
                     i += 2
                 elif mtype in (R.BASE_ADDRESS_MEM_TYPE_32, R.BASE_ADDRESS_MEM_TYPE_1M):
-                    bar = Bar(i, off, "mem32", pref, raw & R.BASE_ADDRESS_MEM_MASK, raw, size)
+                    bar = Bar(i, off, "mem32", pref, raw & R.BASE_ADDRESS_MEM_MASK, raw, size, disabled=dis)
                     i += 1
                 else:
                     raise ConfigSpaceError(f"BAR{i} has the reserved memory type 3 ({raw:#010x})", off, self.source)
@@ -1040,6 +1280,33 @@ class ConfigSpace:
                                            self.source)
                 out.append(bar)
         return out
+
+    def _kernel_bar(self, i: int, off: int, raw: int, kr: KernelResource, cmd: int) -> Bar:
+        """BAR ``i`` as the kernel has it, its register ``raw`` kept.
+
+        The register carries the BAR when its address bits are set; when they
+        read 0 but the kernel has an address, the kernel's is the only one
+        there is (lspci prints ``[virtual]``): a VF's (from its PF's SR-IOV
+        capability), or a fixed legacy one.  As in lspci, a virtual BAR is
+        never ``[disabled]``: the Command register does not govern it."""
+        kind = kr.kind
+        if kind == "mem64":
+            if i + 1 >= self.num_bar_slots:
+                raise ConfigSpaceError(f"the kernel has BAR{i} as 64-bit but it is the last BAR of a type "
+                                       f"{self.header_type} header", off, self.source)
+            raw |= self._u32(off + 4) << 32
+        hw = raw & (R.BASE_ADDRESS_IO_MASK if kind == "io" else 0xFFFFFFFFFFFFFFF0)
+        if kr.enhanced:
+            origin, virtual = BarOrigin.ENHANCED, False
+        elif hw == 0 and kr.start != 0:
+            origin = BarOrigin.SRIOV if self.is_virtual_function else BarOrigin.KERNEL
+            virtual = True
+        else:
+            origin, virtual = BarOrigin.REGISTER, False
+        decode = R.COMMAND_IO if kind == "io" else R.COMMAND_MEMORY
+        return Bar(i, off, kind, kr.prefetchable, kr.start if kr.start else hw, raw,
+                   kr.size or self.bar_sizes.get(i), origin, virtual, kr.fixed,
+                   disabled=not virtual and not cmd & decode)
 
     def bar(self, index: int) -> Bar | None:
         """The BAR starting at slot ``index``, or None if not implemented (or the upper half of a 64-bit BAR)."""
@@ -1059,6 +1326,11 @@ class ConfigSpace:
         else:
             return None
         raw = self._u32(off)
+        kr = self.resources.get(R.RESOURCE_LINE_ROM)
+        if kr is not None:
+            hw = raw & R.ROM_ADDRESS_MASK
+            return Rom(off, kr.start if kr.start else hw, _bit(raw, R.ROM_ADDRESS_ENABLE), raw,
+                       kr.size or self.rom_size, virtual=hw == 0 and kr.start != 0)
         if raw == 0 and not self.rom_size:
             return None
         return Rom(off, raw & R.ROM_ADDRESS_MASK, _bit(raw, R.ROM_ADDRESS_ENABLE), raw, self.rom_size)
@@ -1095,16 +1367,24 @@ class ConfigSpace:
     @cached_property
     def capabilities(self) -> list[Capability]:
         """The standard capability list, in list order."""
-        entries = walk_capabilities(self.raw, self.source)
+        if self.header_only:
+            walk_capabilities(self.raw, self.source)    # raises, naming the length, if there is a list
+            return []
+        try:
+            entries = walk_capabilities(self.raw, self.source)
+        except ConfigSpaceTruncated as e:
+            entries = e.entries
+            self._cut.append((e.pointer, f"the capability list continues at {e.offset:#05x} (pointer at "
+                                         f"{e.pointer:#05x}), past the end of the {len(self.raw)} bytes read"))
         decoded = _decode_list(entries, _STD_DECODERS, self._ctx(), R.STD_HEADER_SIZEOF, R.CFG_SPACE_SIZE,
                                "capability")
-        return [Capability(cid, off, nxt, R.CAP_NAMES.get(cid), raw, fields)
-                for (off, cid, nxt), (_size, fields, raw) in zip(entries, decoded)]
+        return [Capability(cid, off, nxt, R.CAP_NAMES.get(cid), raw, fields, cut)
+                for (off, cid, nxt), (_size, fields, raw, cut) in zip(entries, decoded)]
 
     @property
     def has_extended_space(self) -> bool:
         """Whether bytes 0x100.. hold an extended capability list: a PCIe function, or PCI-X 266/533."""
-        if len(self.raw) < R.CFG_SPACE_EXP_SIZE:
+        if len(self.raw) <= R.CFG_SPACE_SIZE:
             return False
         for cap in self.capabilities:
             if cap.id == R.CAP_ID_EXP:
@@ -1118,15 +1398,20 @@ class ConfigSpace:
         """The extended capability list, in list order (empty without extended config space)."""
         if not self.has_extended_space:
             return []
-        entries = walk_extended_capabilities(self.raw, self.source)
+        try:
+            entries = walk_extended_capabilities(self.raw, self.source)
+        except ConfigSpaceTruncated as e:
+            entries = e.entries
+            self._cut.append((e.pointer, f"the extended capability list continues at {e.offset:#05x}, past the "
+                                         f"end of the {len(self.raw)} bytes read"))
         pcie = self.find(R.CAP_ID_EXP)
         ctx = self._ctx(pcie.port_type if pcie else None)
         decoded = _decode_list([(e[0], e[1]) for e in entries], _EXT_DECODERS, ctx, R.EXT_CAP_START,
                                R.CFG_SPACE_EXP_SIZE, "extended capability")
         out = []
-        for (off, cid, ver, nxt), (_size, fields, raw) in zip(entries, decoded):
+        for (off, cid, ver, nxt), (_size, fields, raw, cut) in zip(entries, decoded):
             name = "Null" if cid == 0 else R.EXT_CAP_NAMES.get(cid)
-            out.append(ExtCapability(cid, ver, off, nxt, name, raw, fields))
+            out.append(ExtCapability(cid, ver, off, nxt, name, raw, fields, cut))
         return out
 
     def find(self, cap_id: int) -> Capability | None:
@@ -1181,7 +1466,10 @@ class ConfigSpace:
         list is replaced by ``{"error": message, "offset": offset}`` so a tool
         can still show the rest.  For header-only data (``allow_short``)
         ``header_only`` is True and both lists are ``None`` (not read, as
-        opposed to empty).
+        opposed to empty).  For truncated data ``truncated`` is True, the lists
+        hold what the data holds (a cut capability carries ``truncated``: why),
+        and ``incomplete`` lists ``{"offset", "message"}`` for each part that
+        could not be decoded (empty when nothing is missing).
         """
         d: dict[str, Any] = {
             "length": len(self.raw),
@@ -1204,8 +1492,9 @@ class ConfigSpace:
             except ConfigSpaceError as e:
                 d[key] = {"error": str(e), "offset": e.offset}
 
-        short = len(self.raw) < R.CFG_SPACE_SIZE
+        short = self.header_only
         d["header_only"] = short
+        d["truncated"] = self.truncated
         if short and self.header_type != R.HEADER_TYPE_NORMAL:
             d["subsystem_vendor_id"] = d["subsystem_id"] = None     # would need the SSVID capability
         else:
@@ -1221,7 +1510,15 @@ class ConfigSpace:
             d["capabilities"] = d["extended_capabilities"] = None
         else:
             attempt("capabilities", lambda: [c.to_dict() for c in self.capabilities])
-            attempt("extended_capabilities", lambda: [c.to_dict() for c in self.extended_capabilities])
+            if len(self.raw) < R.CFG_SPACE_SIZE:
+                d["extended_capabilities"] = None     # cut before 0x100: not read
+            else:
+                attempt("extended_capabilities", lambda: [c.to_dict() for c in self.extended_capabilities])
+        try:
+            cut = [] if short else self.incomplete
+        except ConfigSpaceError:       # a corrupt list, already reported in its place
+            cut = [(len(self.raw), f"{len(self.raw)} bytes: config space is cut short")] if self.truncated else []
+        d["incomplete"] = [{"offset": o, "message": m} for o, m in cut]
         d["raw"] = self.raw.hex()
         return d
 

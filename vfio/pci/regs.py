@@ -581,3 +581,26 @@ VIRTIO_PCI_NOTIFY_OFF_MULTIPLIER = 16
 #: cfg_type names as lspci prints them after "VirtIO: ".
 VIRTIO_CFG_TYPE_NAMES: dict[int, str] = {1: "CommonCfg", 2: "Notify", 3: "ISR", 4: "DeviceCfg", 5: "PCICfg",
                                          8: "SharedMemory", 9: "VendorCfg"}
+
+# ---- the kernel's view of a BAR: IORESOURCE_* flags (include/linux/ioport.h, 6.12) ----
+# sysfs ``resource`` prints one "start end flags" line per BAR (0..5), then the
+# ROM (6), then (with CONFIG_PCI_IOV) the six VF BARs of an SR-IOV PF (7..12),
+# then bridge windows.  The low byte of ``flags`` holds bus-specific bits: for a
+# PCI BAR the kernel keeps the register's own low bits there (I/O space, memory
+# type, prefetchable), plus the two PCI bits below.
+RESOURCE_LINE_BARS = 0
+RESOURCE_LINE_ROM = 6
+RESOURCE_LINE_IOV = 7                  # first of the 6 SR-IOV VF BAR lines of a PF
+IORESOURCE_BITS = 0x000000FF           # bus-specific bits
+IORESOURCE_TYPE_BITS = 0x00001F00
+IORESOURCE_IO = 0x00000100
+IORESOURCE_MEM = 0x00000200
+IORESOURCE_PREFETCH = 0x00002000
+IORESOURCE_READONLY = 0x00004000
+IORESOURCE_SIZEALIGN = 0x00040000
+IORESOURCE_MEM_64 = 0x00100000
+IORESOURCE_UNSET = 0x20000000          # no address assigned yet
+IORESOURCE_DISABLED = 0x10000000
+IORESOURCE_ROM_ENABLE = 0x00000001     # bus-specific bit of a ROM resource: the ROM decode is enabled
+IORESOURCE_PCI_FIXED = 0x00000010      # bus-specific: a fixed (legacy) address, e.g. a legacy-mode IDE port
+IORESOURCE_PCI_EA_BEI = 0x00000020     # bus-specific: the BAR comes from an Enhanced Allocation entry

@@ -6,6 +6,6 @@
 * :mod:`vfio.record.pytest_plugin` -- the ``vfio_replay_device`` fixture.
 """
 
-from .format import (DeviceRecord, RecordFormatError, MappedRecord, parse, write, load, save)
+from .format import (DeviceRecord, RecordFormatError, MappedRecord, open_record_file, parse, write, load, save)
 
-__all__ = ["DeviceRecord", "RecordFormatError", "MappedRecord", "parse", "write", "load", "save"]
+__all__ = ["DeviceRecord", "RecordFormatError", "MappedRecord", "open_record_file", "parse", "write", "load", "save"]

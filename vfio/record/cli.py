@@ -5,14 +5,21 @@
     vfio-capture 0000:00:1f.3 -o audio.vfiorec --sysfs           # from sysfs, any driver
     vfio-capture --show records/mydev.vfiorec                    # what a file holds
     vfio-capture 0000:00:04.0 -o x.vfiorec --answers x.json      # + the kernel's answers to a fixed call set
+
+Exit status: 0 done; 1 an error (the kernel refused, I/O error, a malformed
+record file for --show); 2 bad arguments (a malformed BDF, no such PCI
+device, a negative --bar-bytes).  --show reads only a regular file, up to the
+reader's size limit (a FIFO or a device is refused without being read).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+from .._cli import entry_point  # closed pipe, Ctrl-C, warnings: as tools end
 from . import format as F
 
 
@@ -45,12 +52,24 @@ def show(rec: F.DeviceRecord, out) -> None:
             p(f"{r}")
 
 
+def _byte_count(text: str) -> int:
+    """argparse type: a byte count, 0 or more."""
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; a number of bytes is 0 or more")
+    return n
+
+
+@entry_point("vfio-capture")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="vfio-capture", description="Capture a PCI device to a VFIO record file.")
     ap.add_argument("bdf", nargs="?", help="PCI address, e.g. 0000:00:04.0")
     ap.add_argument("-o", "--output", help="record file to write")
     ap.add_argument("--sysfs", action="store_true", help="capture from sysfs (device not bound to vfio-pci)")
-    ap.add_argument("--bar-bytes", type=int, default=0, metavar="N",
+    ap.add_argument("--bar-bytes", type=_byte_count, default=0, metavar="N",
                     help="also capture the first N bytes of each BAR (reads may have side effects)")
     ap.add_argument("--note", default="", help="text added to the NOTE record")
     ap.add_argument("--answers", metavar="JSON", help="also write the kernel's answers to a fixed set of calls")
@@ -62,15 +81,25 @@ def main(argv=None) -> int:
             return 0
         if not a.bdf or not a.output:
             ap.error("BDF and -o FILE are needed (or --show FILE)")
+        from ..group import normalize_bdf
+        from .capture import SYSFS_PCI
+        try:
+            bdf = normalize_bdf(a.bdf)
+        except ValueError as e:
+            ap.error(str(e))
+        # before any VFIO or sysfs access, whose errors would be about /dev/vfio or the IOMMU
+        if not os.path.isdir(os.path.join(SYSFS_PCI, bdf)):
+            print(f"vfio-capture: no such PCI device {bdf} (no {os.path.join(SYSFS_PCI, bdf)})", file=sys.stderr)
+            return 2
         if a.sysfs:
             if a.answers:
                 ap.error("--answers needs a device opened through VFIO")
             from .capture import capture_sysfs
-            rec = capture_sysfs(a.bdf)
+            rec = capture_sysfs(bdf)
         else:
             import vfio
             from .capture import answers, capture_device
-            with vfio.open_pci_device(a.bdf) as dev:
+            with vfio.open_pci_device(bdf) as dev:
                 rec = capture_device(dev, bar_bytes=a.bar_bytes, note=a.note)
                 if a.answers:
                     with open(a.answers, "w") as f:

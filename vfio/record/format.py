@@ -10,6 +10,11 @@ layout proposed on qemu-devel in 2011 for "device fd files"), some of which
 * :func:`write` turns a :class:`DeviceRecord` back into bytes.  Round trips are
   byte-exact: ``write(parse(b)) == b`` for every file ``parse`` accepts
   (unknown records are kept raw, in place) and ``parse(write(x)) == x``.
+* :func:`open_record_file` is the one way a record file is opened (by
+  :func:`load`, :class:`MappedRecord`, replay, ``vfio-inspect FILE``,
+  ``vfio-capture --show``): a regular file only, never blocking (a FIFO is
+  refused, not waited on), no larger than the size limit, checked before
+  anything is read.
 
 The packed little-endian layouts are declared once, with cstruct, in the
 ``_L_*`` classes below -- field for field the tables of ``FORMAT.md``.  cstruct
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from typing import Union
@@ -39,6 +45,11 @@ VERSION_MINOR = 0
 ALIGN = 8
 #: Largest file :func:`parse`/:func:`load` accept unless told otherwise.
 DEFAULT_MAX_FILE_SIZE = 256 << 20
+#: Most records (top-level and sub-records together) :func:`parse` accepts
+#: unless told otherwise: each costs a Python object, so this bounds the
+#: model's memory by a small multiple of the file's size (a 256 MiB BAR in
+#: 4 KiB pieces is 65,536 records).
+DEFAULT_MAX_RECORDS = 1 << 16
 #: Levels of nesting: top-level records (1) and their sub-records (2).
 MAX_DEPTH = 2
 
@@ -98,20 +109,24 @@ def type_name(rtype: int | None) -> str:
 
 
 class RecordFormatError(ValueError):
-    """A record file that breaks ``FORMAT.md``.
+    """A record file that breaks ``FORMAT.md`` (or a reader's limits).
 
-    ``offset`` is the byte offset in the file of the thing at fault,
+    ``offset`` is the byte offset in the file of the thing at fault (``None``
+    when the fault is the file as a whole: not a regular file, too large),
     ``record_type`` the type of the record it belongs to (``None`` for the file
     header), ``path`` the file name when known.
     """
 
-    def __init__(self, offset: int, record_type: int | None, problem: str, path: str | None = None):
+    def __init__(self, offset: int | None, record_type: int | None, problem: str, path: str | None = None):
         self.offset = offset
         self.record_type = record_type
         self.problem = problem
         self.path = path
         where = f"{path}: " if path else ""
-        super().__init__(f"{where}offset {offset:#x}: {type_name(record_type)}: {problem}")
+        if offset is None:
+            super().__init__(f"{where}{problem}")
+        else:
+            super().__init__(f"{where}offset {offset:#x}: {type_name(record_type)}: {problem}")
 
 
 # ---------------------------------------------------------------------------
@@ -409,6 +424,19 @@ class DeviceRecord:
     version_minor: int = VERSION_MINOR
     header_flags: int = 0
     header_extra: bytes = b""
+    #: Byte offset in the file of each top-level record (parallel to
+    #: ``records``), set by :func:`parse` so later checks (replay's) can name
+    #: where a record is; empty for a record built in memory.
+    offsets: list = field(default_factory=list, compare=False, repr=False)
+    #: The file it was read from, when known (for error messages).
+    path: str | None = field(default=None, compare=False, repr=False)
+
+    def offset_of(self, rec) -> int | None:
+        """File offset of top-level record ``rec`` (None when not known)."""
+        for i, r in enumerate(self.records):
+            if r is rec:
+                return self.offsets[i] if i < len(self.offsets) else None
+        return None
 
     def _first(self, cls):
         for r in self.records:
@@ -462,10 +490,12 @@ _SINGLE_IN_REGION = (PCI_CONFIG_SPACE, PCI_BAR_INFO, REGION_INFO)
 class _Reader:
     """One parse: the buffer, options and the file-wide uniqueness checks."""
 
-    def __init__(self, buf, path: str | None, lazy: bool):
+    def __init__(self, buf, path: str | None, lazy: bool, max_records: int = DEFAULT_MAX_RECORDS):
         self.buf = buf
         self.path = path
         self.lazy = lazy
+        self.max_records = max_records
+        self.count = 0
         self.views: list[memoryview] = []
         self.region_indexes: set[int] = set()
         self.irq_indexes: set[int] = set()
@@ -513,6 +543,9 @@ class _Reader:
             if rend > end:
                 raise self.err(pos, rtype, f"rec_len {rec_len} runs {rend - end} bytes past the end of "
                                f"{'its parent ' + type_name(parent) if parent else 'the file'}")
+            self.count += 1
+            if self.count > self.max_records:
+                raise self.err(pos, rtype, f"more than {self.max_records} records (the reader's limit)")
             out.append(self.record(pos, rtype, rec_len, flags, parent, depth))
             if where is not None:
                 where.append(pos)
@@ -635,13 +668,16 @@ class _Reader:
         return Region(index, flags, offset, size, addr, kids)
 
 
-def parse(buf, *, path: str | None = None, lazy: bool = False,
-          max_size: int = DEFAULT_MAX_FILE_SIZE, _views: list | None = None) -> DeviceRecord:
+def parse(buf, *, path: str | None = None, lazy: bool = False, max_size: int = DEFAULT_MAX_FILE_SIZE,
+          max_records: int = DEFAULT_MAX_RECORDS, _views: list | None = None) -> DeviceRecord:
     """Decode a record file held in ``buf`` (bytes, bytearray, memoryview or mmap).
 
-    Raises :class:`RecordFormatError` for anything ``FORMAT.md`` says a reader
-    refuses.  With ``lazy=True`` region data are memoryviews into ``buf``
-    instead of copies (see :class:`MappedRecord`).
+    Raises :class:`RecordFormatError` (naming ``path``, the byte offset and the
+    record type) for anything ``FORMAT.md`` says a reader refuses, including
+    more than ``max_size`` bytes or ``max_records`` records.  Nothing else: the
+    work and memory are linear in the size of ``buf``.  With ``lazy=True``
+    region data are memoryviews into ``buf`` instead of copies (see
+    :class:`MappedRecord`).
     """
     n = len(buf)
     if n > max_size:
@@ -663,13 +699,14 @@ def parse(buf, *, path: str | None = None, lazy: bool = False,
                                 f"file has {n}", path)
     if header_len > n:
         raise RecordFormatError(16, None, f"header_len {header_len} past the end of the {n}-byte file", path)
-    rd = _Reader(buf, path, lazy)
+    rd = _Reader(buf, path, lazy, max_records)
+    offsets: list[int] = []
     try:
-        records = rd.sequence(header_len, n, _TOP, 1)
+        records = rd.sequence(header_len, n, _TOP, 1, offsets)
     finally:
         if _views is not None:  # even on error: the caller must release them to unmap
             _views.extend(rd.views)
-    return DeviceRecord(records, minor, hflags, bytes(buf[FILE_HEADER_LEN:header_len]))
+    return DeviceRecord(records, minor, hflags, bytes(buf[FILE_HEADER_LEN:header_len]), offsets, path)
 
 
 # ---------------------------------------------------------------------------
@@ -754,14 +791,53 @@ def write(rec: DeviceRecord, *, validate: bool = True) -> bytes:
 # ---------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------
-def load(path, *, max_size: int = DEFAULT_MAX_FILE_SIZE) -> DeviceRecord:
-    """Read and parse a record file (its size is checked before it is read)."""
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_record_file(path, *, max_size: int = DEFAULT_MAX_FILE_SIZE):
+    """Open a record file for reading, safely: the one way every reader opens one.
+
+    Returns ``(file, size)``: a binary file object (the caller closes it) and
+    the size ``fstat`` gave.  The open never blocks (``O_NONBLOCK``, so a FIFO
+    with no writer does not hang; blocking mode is restored for a regular
+    file) and does not make a terminal the controlling one.
+
+    Raises :class:`RecordFormatError` (``offset`` None, naming the path) when
+    ``path`` is not a regular file (a FIFO, a directory, a device, a socket)
+    or is larger than ``max_size`` bytes; ``OSError`` (``FileNotFoundError``,
+    ``PermissionError``, ...; ``filename`` is the path) when it cannot be opened.
+    """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > max_size:
-            raise RecordFormatError(0, None, f"file is {size} bytes, larger than the limit of {max_size}", path)
-        data = f.read(size + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+            raise RecordFormatError(None, None, f"is {kind}, not a regular file: a record file must be one "
+                                    f"(nothing was read)", path)
+        if st.st_size > max_size:
+            raise RecordFormatError(None, None, f"file is {st.st_size} bytes, larger than the limit of "
+                                    f"{max_size}", path)
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return f, st.st_size
+
+
+def load(path, *, max_size: int = DEFAULT_MAX_FILE_SIZE) -> DeviceRecord:
+    """Read and parse a record file (opened with :func:`open_record_file`, so
+    its kind and size are checked before anything is read).
+
+    Raises :class:`RecordFormatError` (not a regular file, too large,
+    malformed) or ``OSError`` (cannot be opened or read), both naming the path.
+    """
+    path = os.fspath(path)
+    f, size = open_record_file(path, max_size=max_size)
+    with f:
+        data = f.read(size + 1)     # one byte more: a file that grew since fstat is refused by parse
     return parse(data, path=path, max_size=max_size)
 
 
@@ -782,14 +858,12 @@ class MappedRecord:
     ``.record`` are unusable afterwards."""
 
     def __init__(self, path, *, max_size: int = DEFAULT_MAX_FILE_SIZE):
+        """Raises what :func:`open_record_file` and :func:`parse` raise."""
         self.path = os.fspath(path)
         self._views: list[memoryview] = []
         self._map = None
-        with open(self.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_size:
-                raise RecordFormatError(0, None, f"file is {size} bytes, larger than the limit of {max_size}",
-                                        self.path)
+        f, size = open_record_file(self.path, max_size=max_size)
+        with f:
             if size == 0:
                 raise RecordFormatError(0, None, "truncated file header: empty file", self.path)
             self._map = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)

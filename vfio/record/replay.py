@@ -48,6 +48,19 @@ is used exactly like a real device.  Where the kernel's behaviour is known
 * RESET without the device's RESET flag is EINVAL; with it, every region goes
   back to its captured contents (mappings stay valid) and interrupt masks
   clear.  Hot reset and device features are not captured: ENOTTY.
+
+What a record file may make replay serve is bounded by what a kernel could
+have reported (checked when the backend is made, :func:`check_replayable`),
+so no answer costs more than the file's own data: at most
+:data:`MAX_INDEXES` region and IRQ indexes, at most :data:`MAX_IRQ_COUNT`
+vectors per IRQ index (the MSI-X maximum), regions that fit the 64-bit fd
+offset space without overlapping, a vfio-pci region no larger than its
+``1 << 40`` window, config space no larger than PCI Express's 4 KiB, and no
+region or IRQ record at an index DEVICE_INFO says the device does not have.
+Region contents are sparse (a memfd of the region's size holds only the
+captured bytes and what was written), so a large region costs nothing until
+used.  A file outside those bounds is refused with
+:class:`~vfio.record.format.RecordFormatError` naming the record's offset.
 """
 
 from __future__ import annotations
@@ -62,7 +75,8 @@ from dataclasses import dataclass, field
 from .. import uapi
 from ..backend import DeviceBackend
 from ..errors import VfioError
-from .format import (DeviceInfo, DeviceRecord, MappedRecord, Region, REGION_ROM, BAR_ROM)
+from .format import (DeviceInfo, DeviceRecord, MappedRecord, Region, RecordFormatError, REGION_ROM, BAR_ROM,
+                     DEVICE_INFO, INTERRUPT, REGION, type_name)
 from ..pci import regs as pci_regs
 from ..pci.config import walk_capabilities, walk_extended_capabilities
 
@@ -80,8 +94,76 @@ _DATA_SIZE = {uapi.VFIO_IRQ_SET_DATA_NONE: 0, uapi.VFIO_IRQ_SET_DATA_BOOL: 1, ua
 _ACTIONS = (uapi.VFIO_IRQ_SET_ACTION_MASK, uapi.VFIO_IRQ_SET_ACTION_UNMASK, uapi.VFIO_IRQ_SET_ACTION_TRIGGER)
 
 
+#: Most region indexes and IRQ indexes a replayed device has (``num_regions``,
+#: ``num_irqs``; every index is below it).  vfio-pci reports 9 + a few
+#: device-specific regions and 5 IRQ indexes; vfio-platform one per resource.
+MAX_INDEXES = 1024
+#: Most vectors of one IRQ index: the largest MSI-X table (PCI spec: 2048).
+MAX_IRQ_COUNT = 2048
+#: Largest config-space region (vfio-pci: the device's cfg_size, 256 or 4096).
+MAX_CONFIG_SIZE = 4096
+#: Largest region of a vfio-pci device: its window in the fd offset space.
+PCI_MAX_REGION_SIZE = 1 << uapi.VFIO_PCI_OFFSET_SHIFT
+#: Largest region of any other device: what a memfd (sparse) can be sized to.
+MAX_REGION_SIZE = 1 << 62
+_OFFSET_SPACE = 1 << 64
+
+
 def _page_align(n: int) -> int:
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def check_replayable(rec: DeviceRecord, path: str | None = None) -> None:
+    """Refuse a record no kernel could have produced, before anything is served.
+
+    The bounds are in the module docstring.  Raises
+    :class:`~vfio.record.format.RecordFormatError` naming ``path`` (or the
+    record's own), the offset of the record at fault (when the record was
+    parsed from a file) and what is wrong; returns None otherwise.
+    """
+    path = path or rec.path
+
+    def bad(r, rtype: int, problem: str) -> RecordFormatError:
+        off = rec.offset_of(r)
+        if off is None:
+            return RecordFormatError(None, None, f"{type_name(rtype)}: {problem} (replay refuses it)", path)
+        return RecordFormatError(off, rtype, f"{problem} (replay refuses it)", path)
+
+    regions = rec.regions
+    irqs = rec.interrupts
+    info = rec.device_info
+    if info is not None:
+        for what, n in (("num_regions", info.num_regions), ("num_irqs", info.num_irqs)):
+            if n > MAX_INDEXES:
+                raise bad(info, DEVICE_INFO, f"{what} {n} is more than {MAX_INDEXES}")
+    for kind, rtype, table, limit in (("region", REGION, regions, info.num_regions if info else MAX_INDEXES),
+                                      ("interrupt", INTERRUPT, irqs, info.num_irqs if info else MAX_INDEXES)):
+        for index, r in table.items():
+            if index >= limit:
+                why = (f"not below DEVICE_INFO's {'num_regions' if rtype == REGION else 'num_irqs'} {limit}: "
+                       f"the kernel refuses that index" if info else f"{MAX_INDEXES} or more")
+                raise bad(r, rtype, f"{kind} index {index} is {why}")
+    is_pci = (info.vfio_flags & uapi.VFIO_DEVICE_FLAGS_PCI) if info is not None else rec.pci_info is not None
+    spans = []
+    for index, r in regions.items():
+        limit, why = (PCI_MAX_REGION_SIZE, "a vfio-pci region's window") if is_pci else \
+            (MAX_REGION_SIZE, "the largest region replay serves")
+        if r.is_config_space or (is_pci and index == uapi.VFIO_PCI_CONFIG_REGION_INDEX):
+            limit, why = MAX_CONFIG_SIZE, "PCI Express config space"
+        if r.size > limit:
+            raise bad(r, REGION, f"region {index} is {r.size:#x} bytes, larger than {why} ({limit:#x})")
+        if r.offset + r.size > _OFFSET_SPACE:
+            raise bad(r, REGION, f"region {index} [{r.offset:#x}, +{r.size:#x}) runs past the 64-bit offset space")
+        if r.size:
+            spans.append((r.offset, r.offset + r.size, index, r))
+    spans.sort(key=lambda s: (s[0], s[1], s[2]))
+    for (a0, a1, ai, _), (b0, _b1, bi, br) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise bad(br, REGION, f"region {bi} at offset {b0:#x} overlaps region {ai} [{a0:#x}, {a1:#x}) "
+                      f"in the device's offset space")
+    for index, q in irqs.items():
+        if q.count > MAX_IRQ_COUNT:
+            raise bad(q, INTERRUPT, f"interrupt {index} has {q.count} vectors, more than {MAX_IRQ_COUNT}")
 
 
 @dataclass
@@ -142,6 +224,11 @@ class ReplayBackend(DeviceBackend):
     """A record file (a path, or a :class:`DeviceRecord` already in memory) as a device."""
 
     def __init__(self, source, *, name: str | None = None):
+        """``source``: a path (opened with :func:`vfio.record.format.open_record_file`)
+        or a DeviceRecord.  Raises :class:`~vfio.record.format.RecordFormatError`
+        for a file that is malformed, not a regular file, too large or outside
+        what replay serves (:func:`check_replayable`), ``OSError`` when it
+        cannot be opened."""
         self._mapped = None
         if isinstance(source, DeviceRecord):
             self.record = source
@@ -150,6 +237,12 @@ class ReplayBackend(DeviceBackend):
             self._mapped = MappedRecord(source)
             self.record = self._mapped.record
             self.name = name or f"replay:{os.path.basename(self._mapped.path)}"
+        try:
+            check_replayable(self.record)
+        except BaseException:
+            if self._mapped is not None:
+                self._mapped.close()
+            raise
         self._closed = False
         self._regions = self.record.regions
         self._by_offset = sorted((r.offset, r.offset + r.size, r) for r in self._regions.values() if r.size)
