@@ -33,13 +33,13 @@ import os
 from .container import Container, NoIommuWarning
 from .device import Device, DeviceInfo, IrqInfo, KernelBackend, MappedRegion, Region, RegionInfo
 from .dma import DmaBuffer, DmaMapping, DmaSpace, IovaAllocator
-from .errors import RegionAccessError, UnsafeOperationError, VfioError
+from .errors import Error, InvalidValue, RegionAccessError, UnsafeOperationError, VfioError
 from .group import Group, group_path_of, iommu_group_of, normalize_bdf
 from .irq import Dispatcher, EventFd
 
 __all__ = [
     "Container", "Device", "DeviceInfo", "Dispatcher", "DmaBuffer", "DmaMapping", "DmaSpace",
-    "EventFd", "Group", "IovaAllocator", "IrqInfo", "KernelBackend", "MappedRegion", "NoIommuWarning",
+    "Error", "EventFd", "Group", "InvalidValue", "IovaAllocator", "IrqInfo", "KernelBackend", "MappedRegion", "NoIommuWarning",
     "Region", "RegionAccessError", "RegionInfo", "UnsafeOperationError", "VfioError",
     "open_pci_device", "available_interfaces",
 ]
@@ -75,7 +75,7 @@ def open_pci_device(bdf: str, interface: str = "auto", container: Container | No
     if interface == "auto":
         interface = "container" if container is not None or os.path.exists("/dev/vfio/vfio") else "cdev"
     if interface == "cdev" and container is not None:
-        raise ValueError("container= goes with interface 'container' (or 'auto'), not 'cdev'")
+        raise InvalidValue("container= goes with interface 'container' (or 'auto'), not 'cdev'")
     if interface == "cdev":
         from .iommufd import open_cdev_device
         dev = open_cdev_device(bdf)
@@ -83,7 +83,7 @@ def open_pci_device(bdf: str, interface: str = "auto", container: Container | No
         dev.interface = "cdev"
         return dev
     if interface != "container":
-        raise ValueError(f"interface must be 'auto', 'container' or 'cdev', not {interface!r}")
+        raise InvalidValue(f"interface must be 'auto', 'container' or 'cdev', not {interface!r}")
     # temporary leases on what is created here, released once the device holds its own
     # (device -> group -> container), so that a failure at any step closes them again
     held = []

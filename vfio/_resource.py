@@ -1,5 +1,7 @@
 """Ownership of fds and mappings: every owning object is a context manager over its close()."""
 
+import os
+
 
 class Resource:
     """Mixin: ``with obj:`` closes it on exit.  Subclasses define an idempotent ``close()``."""
@@ -14,6 +16,52 @@ class Resource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class OwnedFd(Resource):
+    """Mixin: an object that owns one file descriptor, ``fd`` (-1 once closed).
+
+    ``close()`` is idempotent: it runs :meth:`_release` (what lives in the fd and
+    must go first: DMA mappings, IOASes, container membership), then closes the
+    fd even when that failed; ``fd`` is -1 before ``os.close`` runs, so nothing
+    closes it twice (the number may already belong to another open file).
+    """
+
+    __slots__ = ()
+    fd = -1        # until the subclass's __init__ opens it: close() of a half-made object is a no-op
+
+    def _release(self) -> None:
+        """Undo what lives in the fd, before it closes (nothing by default)."""
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            self._release()
+        finally:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+def release_mmap(mm) -> None:
+    """Close an ``mmap.mmap`` the caller is giving up, even while a view still refers to it.
+
+    ``mmap.close()`` raises ``BufferError`` while a memoryview or a ctypes object
+    made with ``from_buffer`` still exports the mapping (a caller's
+    ``host_address``/``view()``).  Swallowing it is safe: the mmap object is not
+    unmapped then -- the exporting view holds a reference to it, and CPython
+    unmaps it only when the last view is released -- so no pointer is left
+    dangling; the owner just stops referring to it.  What had to happen before
+    (the DMA unmap from the IOMMU, the device fd's close) does not depend on it.
+    """
+    try:
+        mm.close()
+    except BufferError:
+        pass
 
 
 class Shared(Resource):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from . import uapi
 from .dma import DmaSpace
 from .errors import UnsafeOperationError, VfioError, wrap_oserror
-from ._resource import Shared
+from ._resource import OwnedFd, Shared
 
 CONTAINER_PATH = "/dev/vfio/vfio"
 
@@ -49,7 +49,7 @@ class IommuInfo:
         return self.iova_pgsizes & -self.iova_pgsizes if self.iova_pgsizes else 0
 
 
-class Container(DmaSpace, Shared):
+class Container(OwnedFd, DmaSpace, Shared):
     """An open ``/dev/vfio/vfio``.  A DMA space once an IOMMU model is set.
 
     The kernel keeps a container's IOMMU context only while a group is attached:
@@ -137,20 +137,17 @@ class Container(DmaSpace, Shared):
             raise UnsafeOperationError(self._what(op) + ": no-IOMMU container has no IOVA space; "
                                        "a device there DMAs to physical addresses, which this toolkit does not map")
 
-    # ---- IOMMU info (the one retry loop of VFIO_IOMMU_GET_INFO) -----------------------
+    # ---- IOMMU info ------------------------------------------------------------------
     def iommu_info(self) -> IommuInfo:
         self._require_iommu("VFIO_IOMMU_GET_INFO")
         what = self._what("VFIO_IOMMU_GET_INFO")
-        argsz = ctypes.sizeof(uapi.vfio_iommu_type1_info)
-        for _ in range(4):
+
+        def call(argsz: int) -> bytearray:
             buf = uapi.info_buffer(uapi.vfio_iommu_type1_info, argsz)
             uapi.ioctl(self._fd(), uapi.VFIO_IOMMU_GET_INFO, buf, what)
-            hdr = uapi.vfio_iommu_type1_info.from_buffer_copy(buf)
-            if hdr.argsz <= argsz:
-                break
-            argsz = hdr.argsz
-        else:
-            raise VfioError(errno.EAGAIN, what + ": argsz kept growing")
+            return buf
+        buf = uapi.variable_info(call, uapi.vfio_iommu_type1_info, what)
+        hdr = uapi.vfio_iommu_type1_info.from_buffer_copy(buf)
         ranges, avail, mig = [], None, None
         if hdr.flags & uapi.VFIO_IOMMU_INFO_CAPS and hdr.cap_offset:
             for c in uapi.iter_caps(buf, hdr.cap_offset, what, ctypes.sizeof(uapi.vfio_iommu_type1_info)):
@@ -243,16 +240,10 @@ class Container(DmaSpace, Shared):
             self._allocator = None
 
     # ---- lifetime --------------------------------------------------------------------
-    def close(self) -> None:
-        """Unmap every mapping made through the container, then close its fd.  Groups
-        still attached (open devices) keep the kernel's container alive, without
-        mappings; close the devices first."""
-        if self.fd < 0:
-            return
-        try:
-            if self.iommu_type is not None and not self.noiommu:
-                self.unmap_all()
-        finally:
-            os.close(self.fd)
-            self.fd = -1
+    def _release(self) -> None:
+        """``close()`` unmaps every mapping made through the container, then closes its
+        fd.  Groups still attached (open devices) keep the kernel's container alive,
+        without mappings; close the devices first."""
+        if self.iommu_type is not None and not self.noiommu:
+            self.unmap_all()
 

@@ -27,9 +27,9 @@ from typing import Sequence
 
 from . import uapi
 from .backend import DeviceBackend
-from .errors import RegionAccessError, VfioError, wrap_oserror
-from .irq import EventFd
-from ._resource import Resource
+from .errors import InvalidValue, RegionAccessError, VfioError, wrap_oserror
+from .irq import EventFd, close_eventfds
+from ._resource import OwnedFd, Resource, release_mmap
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -38,8 +38,9 @@ PAGE_SIZE = mmap.PAGESIZE
 # ---------------------------------------------------------------------------------------
 
 
-class KernelBackend(DeviceBackend):
-    """A real VFIO device fd (from a group or a cdev).  Owns the fd."""
+class KernelBackend(OwnedFd, DeviceBackend):
+    """A real VFIO device fd (from a group or a cdev).  Owns the fd (closing it
+    is what makes vfio-pci reset and release the device)."""
 
     def __init__(self, fd: int, name: str):
         self.fd = fd
@@ -121,11 +122,6 @@ class KernelBackend(DeviceBackend):
 
     def fileno(self) -> int:
         return self.fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,8 +219,8 @@ def _decode_region_cap(rc: uapi.RawCap, what: str):
         base = ctypes.sizeof(uapi.vfio_region_info_cap_sparse_mmap)
         asz = ctypes.sizeof(uapi.vfio_region_sparse_mmap_area)
         if base + sp.nr_areas * asz > len(rc.data):
-            raise ValueError(f"{what}: sparse mmap capability at {rc.offset:#x} claims {sp.nr_areas} "
-                             f"areas but has room for {(len(rc.data) - base) // asz}")
+            raise InvalidValue(f"{what}: sparse mmap capability at {rc.offset:#x} claims {sp.nr_areas} "
+                                 f"areas but has room for {(len(rc.data) - base) // asz}")
         areas = tuple(struct.unpack_from("<QQ", rc.data, base + i * asz) for i in range(sp.nr_areas))
         return SparseMmapCap(areas, version=rc.version)
     if rc.id == uapi.VFIO_REGION_INFO_CAP_TYPE:
@@ -516,11 +512,7 @@ class MappedRegion(Resource):
     def close(self) -> None:
         areas, self._areas, self._base = self._areas, [], None
         for _, _, mm, _ in areas:
-            try:
-                mm.close()
-            except BufferError:
-                # a ctypes view still refers to the mapping; leave it to the GC
-                pass
+            release_mmap(mm)
 
 
 # ---------------------------------------------------------------------------------------
@@ -557,13 +549,17 @@ class IrqVectors(Resource):
     def close(self) -> None:
         if not self.eventfds:
             return
-        efds, self.eventfds = self.eventfds, []
         try:
             if self.device.backend is not None and self.device._irq_owner.get(self.index) is self:
                 self.device.disable_irq(self.index)
         finally:
-            for e in efds:
-                e.close()
+            self._release_eventfds()
+
+    def _release_eventfds(self) -> None:
+        """Close the eventfds (the device's triggers are the caller's business);
+        the list is emptied first, so a second call does nothing."""
+        efds, self.eventfds = self.eventfds, []
+        close_eventfds(efds)
 
 
 class Device(Resource):
@@ -605,23 +601,9 @@ class Device(Resource):
             raise VfioError(errno.EBADF, f"device {self.name} is closed")
         return self.backend
 
-    def _variable_info(self, call, fixed_type, what: str) -> bytes:
-        """The one retry loop of variable-length info calls: ask with the fixed size;
-        if the kernel answers with a larger argsz (a capability chain follows), ask again."""
-        argsz = ctypes.sizeof(fixed_type)
-        for _ in range(4):
-            buf = call(argsz)
-            need = fixed_type.from_buffer_copy(buf).argsz
-            if need <= argsz:
-                return buf
-            if need > 1 << 20:
-                raise VfioError(errno.EOVERFLOW, f"{what}: kernel asks for an implausible argsz {need}")
-            argsz = need
-        raise VfioError(errno.EAGAIN, f"{what}: argsz kept growing")
-
     def _get_device_info(self) -> DeviceInfo:
         what = f"VFIO_DEVICE_GET_INFO on {self.name}"
-        buf = self._variable_info(self._be.get_info, uapi.vfio_device_info, what)
+        buf = uapi.variable_info(self._be.get_info, uapi.vfio_device_info, what)
         hdr = uapi.vfio_device_info.from_buffer_copy(buf)
         caps = ()
         if hdr.flags & uapi.VFIO_DEVICE_FLAGS_CAPS and hdr.cap_offset:
@@ -631,8 +613,8 @@ class Device(Resource):
 
     def region_info(self, index: int) -> RegionInfo:
         what = f"VFIO_DEVICE_GET_REGION_INFO index {index} on {self.name}"
-        buf = self._variable_info(lambda argsz: self._be.get_region_info(index, argsz),
-                                  uapi.vfio_region_info, what)
+        buf = uapi.variable_info(lambda argsz: self._be.get_region_info(index, argsz),
+                                 uapi.vfio_region_info, what)
         try:
             return parse_region_info(buf, what)
         except ValueError as e:
@@ -704,25 +686,20 @@ class Device(Resource):
             self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
                           start, count, uapi.irq_set_data_eventfds([e.fd for e in efds]))
         except BaseException:
-            for e in efds:
-                e.close()
+            close_eventfds(efds)
             raise
         old = self._irq_owner.get(index)
         vec = self._irq_owner[index] = IrqVectors(self, index, start, efds)
         if old is not None:
-            old.eventfds, olde = [], old.eventfds
-            for e in olde:
-                e.close()
+            old._release_eventfds()
         return vec
 
     def disable_irq(self, index: int) -> None:
         """Tear down every trigger of ``index`` (DATA_NONE | ACTION_TRIGGER, count 0)."""
         self.set_irqs(index, uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0)
         vec = self._irq_owner.pop(index, None)
-        if vec is not None and vec.eventfds:
-            efds, vec.eventfds = vec.eventfds, []
-            for e in efds:
-                e.close()
+        if vec is not None:
+            vec._release_eventfds()
 
     def _action(self, index: int, action: int, start: int, count: int, values=None) -> None:
         if values is None:
@@ -875,13 +852,10 @@ class Device(Resource):
                 r.close()
             self._regions.clear()
             for vec in list(self._irq_owner.values()):
-                for e in vec.eventfds:
-                    e.close()
-                vec.eventfds = []
+                vec._release_eventfds()
             self._irq_owner.clear()
-            for e in self._extra_efds:
-                e.close()
-            self._extra_efds.clear()
+            extra, self._extra_efds = self._extra_efds, []
+            close_eventfds(extra)
         finally:
             backend, self.backend = self.backend, None
             try:

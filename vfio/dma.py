@@ -22,8 +22,8 @@ import mmap
 import os
 from dataclasses import dataclass
 
-from .errors import RegionAccessError
-from ._resource import Resource
+from .errors import InvalidValue, IovaExhausted, IovaNotAllocated, RegionAccessError
+from ._resource import Resource, release_mmap
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -38,7 +38,7 @@ class DmaBuffer(Resource):
 
     def __init__(self, size: int, memfd: bool = False, name: str = "vfio-dma"):
         if size <= 0:
-            raise ValueError(f"DMA buffer size must be positive, got {size}")
+            raise InvalidValue(f"DMA buffer size must be positive, got {size}")
         self.size = _round_up(size, PAGE_SIZE)
         self.fd = -1
         if memfd:
@@ -77,8 +77,8 @@ class DmaBuffer(Resource):
 
     def close(self) -> None:
         if self.mem is not None:
-            self.mem.close()
-            self.mem = None
+            mem, self.mem = self.mem, None
+            release_mmap(mem)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -104,7 +104,8 @@ class IovaAllocator:
         self._used: dict[int, int] = {}
 
     def alloc(self, size: int, align: int | None = None, limit: int | None = None) -> int:
-        """An IOVA for ``size`` bytes; ``limit`` (exclusive) keeps it under a device's DMA mask."""
+        """An IOVA for ``size`` bytes; ``limit`` (exclusive) keeps it under a device's DMA mask.
+        Raises :class:`~vfio.errors.IovaExhausted` (a ``MemoryError``) when no free range fits."""
         align = max(align or self.align, self.align)
         size = _round_up(size, self.align)
         for blk in self._free:
@@ -112,19 +113,19 @@ class IovaAllocator:
             if s + size <= blk[1] and (limit is None or s + size <= limit):
                 self._take(s, size)
                 return s
-        raise MemoryError(f"no free IOVA range of {size:#x} bytes"
-                          + (f" below {limit:#x}" if limit is not None else ""))
+        raise IovaExhausted(f"no free IOVA range of {size:#x} bytes"
+                            + (f" below {limit:#x}" if limit is not None else ""))
 
     def reserve(self, iova: int, size: int) -> None:
         """Mark a caller-chosen IOVA range used; it must be free and inside the ranges."""
         size = _round_up(size, self.align)
         if iova % self.align:
-            raise ValueError(f"IOVA {iova:#x} is not aligned to {self.align:#x}")
+            raise InvalidValue(f"IOVA {iova:#x} is not aligned to {self.align:#x}")
         for blk in self._free:
             if blk[0] <= iova and iova + size <= blk[1]:
                 self._take(iova, size)
                 return
-        raise ValueError(f"IOVA range {iova:#x}+{size:#x} is not free or not inside the usable ranges")
+        raise InvalidValue(f"IOVA range {iova:#x}+{size:#x} is not free or not inside the usable ranges")
 
     def _take(self, s: int, size: int) -> None:
         for i, blk in enumerate(self._free):
@@ -140,7 +141,12 @@ class IovaAllocator:
         raise AssertionError("unreachable: range was checked free")
 
     def free(self, iova: int) -> None:
-        size = self._used.pop(iova)
+        """Give back an IOVA :meth:`alloc` or :meth:`reserve` handed out; raises
+        :class:`~vfio.errors.IovaNotAllocated` (a ``KeyError``) for any other."""
+        try:
+            size = self._used.pop(iova)
+        except KeyError:
+            raise IovaNotAllocated(f"IOVA {iova:#x} was not allocated") from None
         self._free.append([iova, iova + size])
         self._free.sort()
         merged = []
@@ -284,7 +290,7 @@ class DmaSpace(abc.ABC):
                 del self._mappings[i]
                 break
         else:
-            raise ValueError(f"DMA mapping at IOVA {mapping.iova:#x} is not mapped in this space")
+            raise InvalidValue(f"DMA mapping at IOVA {mapping.iova:#x} is not mapped in this space")
         try:
             n = self._unmap(mapping.iova, mapping.size)
         finally:

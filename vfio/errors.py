@@ -11,6 +11,11 @@ so ``except OSError`` and ``e.errno == errno.EINVAL`` work as for any system
 call.  Errors that are not the kernel's (bad arguments, malformed input files,
 unsafe requests) are ``ValueError`` subclasses that name the thing and the
 offset or path at fault.
+
+Every error the toolkit raises derives from :class:`Error` (``vfio.Error``), so
+``except vfio.Error`` catches the toolkit's refusals and nothing else; each also
+keeps the built-in base a caller may already catch (``OSError``, ``ValueError``,
+``KeyError``, ``IndexError``, ``MemoryError``, ``RuntimeError``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ import errno as _errno
 import os
 
 
-class VfioError(OSError):
+class Error(Exception):
+    """The root of every error this toolkit raises (``except vfio.Error``)."""
+
+
+class VfioError(Error, OSError):
     """The kernel (or a backend standing in for it) refused a VFIO request.
 
     ``errno`` is the kernel's; ``strerror`` is ``"<what was being done>:
@@ -46,9 +55,30 @@ class UnsafeOperationError(VfioError):
         super().__init__(err, what)
 
 
-class RegionAccessError(ValueError):
+class RegionAccessError(Error, ValueError):
     """An access outside a region's bounds, of an unsupported width, or to a
     region that does not allow it (checked before any system call)."""
+
+
+class InvalidValue(Error, ValueError):
+    """A value given to the toolkit, or read from the kernel or a file, that it
+    cannot use: a malformed address, a size of zero, a capability chain that loops."""
+
+
+class IovaExhausted(Error, MemoryError):
+    """No free IOVA range is large enough (under the limit asked for)."""
+
+
+class IovaNotAllocated(Error, KeyError):
+    """An IOVA freed that the allocator did not hand out (or already took back)."""
+
+
+class FeatureMissing(Error, KeyError):
+    """The device has no such BAR, capability or interrupt vector."""
+
+
+class VectorOutOfRange(Error, IndexError):
+    """An interrupt vector number outside the device's table."""
 
 
 def wrap_oserror(e: OSError, what: str) -> VfioError:

@@ -27,8 +27,8 @@ import re
 
 from . import uapi
 from .device import Device, KernelBackend
-from .errors import VfioError, wrap_oserror
-from ._resource import Shared
+from .errors import InvalidValue, VfioError, wrap_oserror
+from ._resource import OwnedFd, Shared
 
 VFIO_DEV_DIR = "/dev/vfio"
 SYSFS_PCI = "/sys/bus/pci/devices"
@@ -41,7 +41,7 @@ def normalize_bdf(bdf: str) -> str:
     if re.match(r"^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$", b):
         b = "0000:" + b
     if not _BDF.match(b):
-        raise ValueError(f"{bdf!r} is not a PCI address of the form DDDD:BB:DD.F")
+        raise InvalidValue(f"{bdf!r} is not a PCI address of the form DDDD:BB:DD.F")
     return b
 
 
@@ -69,7 +69,7 @@ def group_path_of(bdf: str, sysfs: str = SYSFS_PCI, devdir: str = VFIO_DEV_DIR) 
                                   "(is the device bound to vfio-pci?)")
 
 
-class Group(Shared):
+class Group(OwnedFd, Shared):
     """An open VFIO group node.
 
     Each device opened through it (:meth:`open_device`) holds a lease on it, and the
@@ -167,20 +167,21 @@ class Group(Shared):
         dev.container = self.container
         return dev
 
+    def _release(self) -> None:
+        if self.container is not None:
+            try:
+                self._unset()
+            except VfioError as e:
+                # EBUSY: devices of the group are still open; closing the fd detaches anyway
+                if e.errno != errno.EBUSY:
+                    raise
+
     def close(self) -> None:
         if self.fd < 0:
             return
         try:
-            if self.container is not None:
-                try:
-                    self._unset()
-                except VfioError as e:
-                    # EBUSY: devices of the group are still open; closing the fd detaches anyway
-                    if e.errno != errno.EBUSY:
-                        raise
+            super().close()
         finally:
-            os.close(self.fd)
-            self.fd = -1
             # out of the container (after EBUSY the kernel detaches the group when its
             # last device fd closes); only now may a container made for it close
             self._left_container()

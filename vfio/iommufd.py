@@ -29,7 +29,7 @@ from .device import Device, KernelBackend
 from .dma import DmaSpace
 from .errors import VfioError, wrap_oserror
 from .group import SYSFS_PCI, normalize_bdf
-from ._resource import Shared
+from ._resource import OwnedFd, Shared
 
 IOMMU_PATH = "/dev/iommu"
 CDEV_DIR = "/dev/vfio/devices"
@@ -61,7 +61,7 @@ class HwInfo:
         return {"flags": v.flags, "cap_reg": v.cap_reg, "ecap_reg": v.ecap_reg}
 
 
-class IommuFD(Shared):
+class IommuFD(OwnedFd, Shared):
     """An open ``/dev/iommu``.  Closing it destroys the IOASes allocated in it."""
 
     def __init__(self, path: str = IOMMU_PATH):
@@ -104,15 +104,10 @@ class IommuFD(Shared):
         self.call(uapi.IOMMU_HWPT_ALLOC, st, f"IOMMU_HWPT_ALLOC dev {dev_id} pt {pt_id}")
         return st.out_hwpt_id
 
-    def close(self) -> None:
-        if self.fd < 0:
-            return
-        try:
-            while self._objects:
-                self._objects.pop().close()
-        finally:
-            os.close(self.fd)
-            self.fd = -1
+    def _release(self) -> None:
+        # IOASes (and their mappings) go before the fd that holds them
+        while self._objects:
+            self._objects.pop().close()
 
 
 class IOAS(DmaSpace, Shared):

@@ -15,15 +15,17 @@ wait).  Programming them into the device is :class:`vfio.device.Device`'s job.
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import time
 from typing import Callable, Iterable
 
-from ._resource import Resource
+from .errors import VfioError
+from ._resource import OwnedFd, Resource
 
 
-class EventFd(Resource):
+class EventFd(OwnedFd):
     """An owned, non-blocking eventfd.  ``read()`` returns the count since the last read."""
 
     __slots__ = ("fd", "label")
@@ -34,7 +36,7 @@ class EventFd(Resource):
 
     def fileno(self) -> int:
         if self.fd < 0:
-            raise ValueError(f"eventfd {self.label} is closed")
+            raise VfioError(errno.EBADF, f"eventfd {self.label} is closed" if self.label else "eventfd is closed")
         return self.fd
 
     def read(self) -> int:
@@ -77,18 +79,16 @@ class EventFd(Resource):
             if n:
                 return n
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    @property
-    def closed(self) -> bool:
-        return self.fd < 0
-
 
     def __repr__(self) -> str:
         return f"EventFd({self.label!r}, fd={self.fd})"
+
+
+def close_eventfds(efds: Iterable[EventFd]) -> None:
+    """Close every eventfd of ``efds`` (the one eventfd teardown of the toolkit; the
+    caller first takes the list out of its owner so nothing closes them twice)."""
+    for e in efds:
+        e.close()
 
 
 class Dispatcher(Resource):

@@ -36,7 +36,7 @@ from typing import Iterator
 
 from ioctl_opt import IO
 
-from .errors import VfioError
+from .errors import InvalidValue, VfioError
 
 u8, u16, u32, u64, s32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 
@@ -725,6 +725,28 @@ def info_buffer(struct_type, argsz: int, **fields) -> bytearray:
     return buf
 
 
+#: An info answer larger than this is taken as a broken kernel or backend, not followed.
+MAX_INFO_ARGSZ = 1 << 20
+
+
+def variable_info(call, fixed_type, what: str) -> bytes:
+    """The one retry loop of variable-length VFIO info calls (device, region and
+    IOMMU info): ``call(argsz)`` returns the kernel's answer for a buffer of
+    ``argsz`` bytes; when its ``argsz`` field asks for more (a capability chain
+    follows the fixed part), ask again with that size.  Bounded: a few rounds,
+    and an argsz above :data:`MAX_INFO_ARGSZ` is refused (EOVERFLOW)."""
+    argsz = ctypes.sizeof(fixed_type)
+    for _ in range(4):
+        buf = call(argsz)
+        need = fixed_type.from_buffer_copy(buf).argsz
+        if need <= argsz:
+            return buf
+        if need > MAX_INFO_ARGSZ:
+            raise VfioError(errno.EOVERFLOW, f"{what}: kernel asks for an implausible argsz {need}")
+        argsz = need
+    raise VfioError(errno.EAGAIN, f"{what}: argsz kept growing")
+
+
 @dataclass(frozen=True)
 class RawCap:
     """One entry of a VFIO info capability chain: id, version, offset in the
@@ -752,12 +774,12 @@ def iter_caps(buf: bytes, cap_offset: int, what: str, min_offset: int = 0) -> It
     hdr_size = ctypes.sizeof(vfio_info_cap_header)
     while off:
         if len(seen) >= MAX_CAPS:
-            raise ValueError(f"{what}: capability chain longer than {MAX_CAPS} entries")
+            raise InvalidValue(f"{what}: capability chain longer than {MAX_CAPS} entries")
         if off in seen:
-            raise ValueError(f"{what}: capability chain loops back to offset {off:#x}")
+            raise InvalidValue(f"{what}: capability chain loops back to offset {off:#x}")
         if off < min_offset or off % 4 or off + hdr_size > len(buf):
-            raise ValueError(f"{what}: capability at offset {off:#x} is outside the "
-                             f"{len(buf)}-byte info buffer (fixed part {min_offset:#x} bytes)")
+            raise InvalidValue(f"{what}: capability at offset {off:#x} is outside the "
+                                 f"{len(buf)}-byte info buffer (fixed part {min_offset:#x} bytes)")
         seen.add(off)
         hdr = vfio_info_cap_header.from_buffer_copy(buf, off)
         end = hdr.next if hdr.next > off else len(buf)
@@ -767,5 +789,5 @@ def iter_caps(buf: bytes, cap_offset: int, what: str, min_offset: int = 0) -> It
 
 def check_cap_size(cap: RawCap, struct_type, what: str) -> None:
     if len(cap.data) < ctypes.sizeof(struct_type):
-        raise ValueError(f"{what}: capability {cap.id} at offset {cap.offset:#x} is "
-                         f"{len(cap.data)} bytes, shorter than {struct_type.__name__}")
+        raise InvalidValue(f"{what}: capability {cap.id} at offset {cap.offset:#x} is "
+                             f"{len(cap.data)} bytes, shorter than {struct_type.__name__}")

@@ -70,6 +70,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..errors import Error
 from .inuse import usage_of
 from ..group import normalize_bdf
 from .sysfs import PCI_DEVICES, PCI_DRIVERS, Action, DeviceNotFound, Host, HostError, PciDevice
@@ -116,7 +117,7 @@ class Outcome:
         return f"{self.bdf}: now on {say(self.now)}, was on {say(self.before)}"
 
 
-class AssignmentFailed(RuntimeError):
+class AssignmentFailed(Error, RuntimeError):
     """A step failed; the steps already done were undone in reverse order.
 
     ``cause`` is the original error; ``rollback_errors`` lists undo steps that
@@ -228,15 +229,15 @@ class StateFile:
             os.makedirs(d, mode=0o755, exist_ok=True)
             self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise HostError(f"cannot open the state lock {self.path}.lock: {e.strerror}") from None
+            raise HostError(f"cannot open the state lock {self.path}.lock: {e.strerror}", errno=e.errno) from None
         try:
             os.lockf(self._fd, os.F_LOCK if self.wait else os.F_TLOCK, 0)
         except OSError as e:
             os.close(self._fd)
             self._fd = -1
             if e.errno in (errno.EACCES, errno.EAGAIN):
-                raise StateLocked(f"{self.path} is locked by another vfio-assign run") from None
-            raise HostError(f"cannot lock {self.path}.lock: {e.strerror}") from None
+                raise StateLocked(f"{self.path} is locked by another vfio-assign run", errno=e.errno) from None
+            raise HostError(f"cannot lock {self.path}.lock: {e.strerror}", errno=e.errno) from None
         return self
 
     def __exit__(self, *exc):
@@ -260,7 +261,7 @@ class StateFile:
         except FileNotFoundError:
             return {"schema": STATE_SCHEMA, "devices": {}}
         except OSError as e:
-            raise HostError(f"cannot read state file {self.path}: {e.strerror}") from None
+            raise HostError(f"cannot read state file {self.path}: {e.strerror}", errno=e.errno) from None
         if len(raw) > MAX_STATE_BYTES:
             raise self._corrupt(f"larger than {MAX_STATE_BYTES} bytes")
         try:

@@ -29,6 +29,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ..errors import InvalidValue
 from .sysfs import Host, PciDevice
 
 IFF_UP = 0x1
@@ -68,7 +69,7 @@ def _block_stack(host: Host, names: list[str]) -> dict[str, str]:
     while todo:
         steps += 1
         if steps > MAX_STACK * max(1, len(names)) + 4096:
-            raise ValueError(f"holder chain under /sys/class/block does not end (loop at {todo[0]})")
+            raise InvalidValue(f"holder chain under /sys/class/block does not end (loop at {todo[0]})")
         name = todo.pop()
         if name in found:
             continue

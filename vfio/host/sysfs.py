@@ -37,7 +37,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
-from ..errors import VfioError, wrap_oserror
+from ..errors import Error, VfioError, wrap_oserror
 from ..group import normalize_bdf
 
 PCI_DEVICES = "sys/bus/pci/devices"
@@ -51,9 +51,21 @@ NOIOMMU_GROUP_NAME = "vfio-noiommu"
 MAX_ENTRIES = 65536
 
 
-class HostError(ValueError):
+class HostError(Error, ValueError):
     """Bad input about the host: a BDF that does not exist, an unreadable or
-    malformed sysfs file, an unsafe request.  The message names the device and path."""
+    malformed sysfs file, an unsafe request.  The message names the device and path.
+
+    ``errno`` is the system's when a system call failed underneath (a state file
+    that cannot be read or locked), else None.  HostError stays a ``ValueError``
+    with an optional errno rather than becoming an ``OSError``: callers (the
+    CLIs' exit statuses among them) tell "the kernel said no" (``OSError``, a
+    :class:`~vfio.errors.VfioError` for sysfs I/O) from "the request or the
+    input is wrong" (``ValueError``) by class, and that must not change.
+    """
+
+    def __init__(self, *args, errno: int | None = None):
+        super().__init__(*args)
+        self.errno = errno
 
 
 class DeviceNotFound(HostError):
@@ -146,7 +158,7 @@ class Sysfs:
             return None
         except OSError as e:
             if e.errno == errno.EINVAL:      # exists but is not a symlink: a malformed tree
-                raise HostError(f"{self.shown(rel)} is not a symlink") from None
+                raise HostError(f"{self.shown(rel)} is not a symlink", errno=e.errno) from None
             raise wrap_oserror(e, f"reading link {self.shown(rel)}") from None
 
     def real(self, rel: str) -> str:
@@ -377,9 +389,6 @@ class Host:
             out.append(KernelResource(n, start, end, flags))
         return out
 
-    def drivers(self) -> list[str]:
-        return self.sysfs.listdir(PCI_DRIVERS)
-
     def has_driver(self, name: str) -> bool:
         return self.sysfs.exists(f"{PCI_DRIVERS}/{name}")
 
@@ -414,9 +423,6 @@ class Host:
 
     def groups(self) -> list[IommuGroup]:
         return [self.group(n) for n in self.group_numbers()]
-
-    def group_of(self, dev: PciDevice) -> IommuGroup | None:
-        return self.group(dev.iommu_group) if dev.iommu_group is not None else None
 
     # ---- VFIO interfaces ------------------------------------------------------
     def interfaces(self) -> dict:

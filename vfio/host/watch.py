@@ -19,6 +19,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from ..errors import Error
+
 SUBSYSTEM = "pci"
 
 
@@ -54,6 +56,10 @@ def event_from_properties(props: dict, now: float | None = None) -> PciEvent:
                     time=time.time() if now is None else now)
 
 
+class WatchError(Error, RuntimeError):
+    """The uevent monitor cannot start (no pyudev) or is already closed."""
+
+
 class Watcher:
     """A started kernel-uevent monitor for the PCI subsystem (close() it)."""
 
@@ -61,7 +67,7 @@ class Watcher:
         try:
             import pyudev
         except ImportError as e:
-            raise RuntimeError(f"--watch needs pyudev (and libudev1): {e}") from None
+            raise WatchError(f"--watch needs pyudev (and libudev1): {e}") from None
         self._ctx = pyudev.Context()
         self._mon = pyudev.Monitor.from_netlink(self._ctx, source="kernel")
         self._mon.filter_by(SUBSYSTEM)
@@ -70,7 +76,7 @@ class Watcher:
     def poll(self, timeout: float | None) -> PciEvent | None:
         """The next event, or None when ``timeout`` seconds pass without one."""
         if self._mon is None:
-            raise RuntimeError("PCI event watcher is closed")
+            raise WatchError("PCI event watcher is closed")
         dev = self._mon.poll(timeout=timeout)
         if dev is None:
             return None

@@ -59,6 +59,7 @@ from enum import Enum
 from functools import cached_property
 from typing import Any, Callable, Iterable, Mapping
 
+from ..errors import Error, InvalidValue
 from . import regs as R
 
 __all__ = [
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 
-class ConfigSpaceError(ValueError):
+class ConfigSpaceError(Error, ValueError):
     """Malformed or corrupt configuration space.
 
     ``offset`` is the config-space offset at fault (the pointer or register
@@ -353,7 +354,7 @@ def bar_size_from_mask(mask: int, kind: str) -> int:
     elif kind == "mem64":
         bits = mask & 0xFFFFFFFFFFFFFFF0
     else:
-        raise ValueError(f"BAR kind {kind!r} is not one of 'io', 'mem32', 'mem64'")
+        raise InvalidValue(f"BAR kind {kind!r} is not one of 'io', 'mem32', 'mem64'")
     # As the kernel's pci_size(): the lowest writable address bit is the size.
     # (Devices may hardwire high bits to 0, e.g. 16-bit I/O decoders, so ~mask+1 is wrong.)
     return bits & -bits

@@ -24,13 +24,15 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
+from ..errors import Error
+
 __all__ = ["PciIds", "DEFAULT_PATHS", "PciIdsError"]
 
 #: Where distributions install the database, first found wins.
 DEFAULT_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids")
 
 
-class PciIdsError(ValueError):
+class PciIdsError(Error, ValueError):
     """A pci.ids file that does not parse; names the path and line."""
 
 

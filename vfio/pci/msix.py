@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import RegionAccessError
+from ..errors import InvalidValue, RegionAccessError, VectorOutOfRange
 from ..irq import EventFd
 from . import regs as R
 
@@ -120,7 +120,7 @@ class MsixTable:
 
     def __init__(self, size: int, pending=None):
         if not 1 <= size <= R.MSIX_FLAGS_QSIZE + 1:
-            raise ValueError(f"MSI-X table size {size} is outside 1..{R.MSIX_FLAGS_QSIZE + 1}")
+            raise InvalidValue(f"MSI-X table size {size} is outside 1..{R.MSIX_FLAGS_QSIZE + 1}")
         self.size = size
         self.table = bytearray(size * R.MSIX_ENTRY_SIZE)
         self._pending = pending or (lambda v: False)
@@ -149,7 +149,7 @@ class MsixTable:
 
     def _entry(self, vector: int) -> int:
         if not 0 <= vector < self.size:
-            raise IndexError(f"MSI-X vector {vector} is outside the table of {self.size}")
+            raise VectorOutOfRange(f"MSI-X vector {vector} is outside the table of {self.size}")
         return vector * R.MSIX_ENTRY_SIZE
 
     # ---- guest accesses ----------------------------------------------------------------
@@ -188,7 +188,9 @@ class MsixTable:
         return bytes(self.table).hex()
 
     def set_state(self, table_hex: str) -> None:
+        """Load :meth:`get_state` output (the one loader of a saved table; a
+        PassthroughDevice validates the rest of its state before calling it)."""
         data = bytes.fromhex(table_hex)
         if len(data) != len(self.table):
-            raise ValueError(f"saved MSI-X table is {len(data)} bytes, this one {len(self.table)}")
+            raise InvalidValue(f"saved MSI-X table is {len(data)} bytes, this one {len(self.table)}")
         self.table[:] = data

@@ -64,7 +64,8 @@ from typing import Callable, Iterable, Mapping
 from .. import uapi
 from ..device import Device, PAGE_SIZE, Region
 from ..dma import DmaBuffer, DmaMapping
-from ..errors import RegionAccessError, UnsafeOperationError, VfioError
+from .._resource import release_mmap
+from ..errors import FeatureMissing, InvalidValue, RegionAccessError, UnsafeOperationError, VfioError
 from . import regs as R
 from .config import msi_capability_size
 from .msix import MsiMessage, MsixTable, Vector
@@ -234,10 +235,7 @@ class PassthroughBar:
     def _close_direct(self) -> None:
         direct, self._direct = self._direct, []
         for d in direct:
-            try:
-                d.mapping.close()
-            except BufferError:     # a ctypes view from host_address still refers to it; the GC will
-                pass
+            release_mmap(d.mapping)
 
     def close(self) -> None:
         self._close_direct()
@@ -280,7 +278,7 @@ class PassthroughDevice:
     def __init__(self, device: Device, *, dma=_FROM_DEVICE, capabilities: Iterable[int] | None = None,
                  extended_capabilities: Iterable[int] | None = None, owns_device: bool = False):
         if not device.info.is_pci:
-            raise ValueError(f"{device.name} is not a PCI device (VFIO_DEVICE_FLAGS_PCI clear)")
+            raise InvalidValue(f"{device.name} is not a PCI device (VFIO_DEVICE_FLAGS_PCI clear)")
         self.device = device
         self.name = device.name
         self.dma = getattr(device, "dma", None) if dma is _FROM_DEVICE else dma
@@ -458,7 +456,7 @@ class PassthroughDevice:
     def bar(self, index: int) -> PassthroughBar:
         b = self.bars.get(index)
         if b is None:
-            raise KeyError(f"{self.name} has no implemented BAR{index} (has {sorted(self.bars)})")
+            raise FeatureMissing(f"{self.name} has no implemented BAR{index} (has {sorted(self.bars)})")
         return b
 
     # ------------------------------------------------------------------ interrupts: state
@@ -469,12 +467,12 @@ class PassthroughDevice:
 
     def msi_vector(self, n: int) -> Vector:
         if not self._msi_vectors:
-            raise KeyError(f"{self.name} has no usable MSI capability")
+            raise FeatureMissing(f"{self.name} has no usable MSI capability")
         return self._msi_vectors[n]
 
     def msix_vector(self, n: int) -> Vector:
         if not self._msix_vectors:
-            raise KeyError(f"{self.name} has no MSI-X capability")
+            raise FeatureMissing(f"{self.name} has no MSI-X capability")
         return self._msix_vectors[n]
 
     @property
@@ -489,7 +487,7 @@ class PassthroughDevice:
         """The message of MSI vector ``n`` as the guest programmed it (data low bits = vector number)."""
         off = self._msi_off
         if off is None or not 0 <= n < len(self._msi_vectors):
-            raise KeyError(f"{self.name}: no MSI vector {n}")
+            raise FeatureMissing(f"{self.name}: no MSI vector {n}")
         lo = self.config.peek(off + R.MSI_ADDRESS_LO, 4)
         hi = self.config.peek(off + R.MSI_ADDRESS_HI, 4) if self._msi_64 else 0
         data = self.config.peek(off + (R.MSI_DATA_64 if self._msi_64 else R.MSI_DATA_32), 2)
@@ -497,7 +495,7 @@ class PassthroughDevice:
 
     def msix_message(self, n: int) -> MsiMessage:
         if self.msix_table is None:
-            raise KeyError(f"{self.name} has no MSI-X capability")
+            raise FeatureMissing(f"{self.name} has no MSI-X capability")
         return self.msix_table.message(n)
 
     def _msi_enabled_count(self) -> int:
@@ -665,7 +663,7 @@ class PassthroughDevice:
         a new buffer of ``size`` bytes, or ``buffer`` (e.g. the VMM's own guest RAM memfd)."""
         space = self._space()
         if (size is None) == (buffer is None):
-            raise ValueError("map_guest_memory takes a size or a buffer, not both or neither")
+            raise InvalidValue("map_guest_memory takes a size or a buffer, not both or neither")
         m = space.alloc(size, iova=gpa, memfd=memfd) if buffer is None else space.map(buffer, iova=gpa)
         self._guest_ram.append(m)
         return m
@@ -740,7 +738,7 @@ class PassthroughDevice:
                                      f"{self.msix_table.table_bytes}")
         self.config.set_state(state["config"])      # validates the layout before changing anything
         if table is not None:
-            self.msix_table.table[:] = table
+            self.msix_table.set_state(msix["table"])    # length checked above: cannot fail now
         for vecs, pend in ((self._msi_vectors, msi_pending), (self._msix_vectors, msix_pending)):
             for v in vecs:
                 v.clear_pending()

@@ -90,7 +90,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol
 
-from ..errors import RegionAccessError
+from ..errors import Error, RegionAccessError
 from . import regs as R
 from .config import (ConfigSpace, ConfigSpaceError, msi_capability_size, walk_capabilities,
                      walk_extended_capabilities)
@@ -115,7 +115,7 @@ class ConfigBacking(Protocol):
     def passthrough_write(self, offset: int, size: int, value: int) -> None: ...
 
 
-class StateMismatchError(ValueError):
+class StateMismatchError(Error, ValueError):
     """Saved state that does not fit this virtual config space (other version or device layout)."""
 
 

@@ -28,6 +28,7 @@ are captured only when asked (``bar_bytes``).
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import errno
 import os
@@ -43,8 +44,7 @@ from ..pci.regs import CAP_ID_EXP
 
 SYSFS_PCI = "/sys/bus/pci/devices"
 _BDF = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
-_REGION_INFO_SIZE = 32
-_DEVICE_INFO_SIZE = 24
+_REGION_INFO_SIZE = ctypes.sizeof(uapi.vfio_region_info)      # 32: the chain starts after it
 
 
 def _pci_info(name: str) -> F.PciInfo | None:
@@ -160,13 +160,6 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str
     extra = f"; BAR contents: first {bar_bytes} bytes" if bar_bytes else "; BAR contents: not captured"
     recs.append(_note(f"through VFIO from {dev.name}", extra + (f"; {note}" if note else "")))
     return F.DeviceRecord(recs)
-
-
-def capture_pci(bdf: str, *, bar_bytes: int = 0, note: str = "") -> F.DeviceRecord:
-    """Open ``bdf`` (bound to vfio-pci) and capture it."""
-    import vfio
-    with vfio.open_pci_device(bdf) as dev:
-        return capture_device(dev, bar_bytes=bar_bytes, note=note)
 
 
 _MSIX_MAPPABLE_CAP = struct.pack("<HHI", uapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, 0)

@@ -23,10 +23,20 @@ of records (a BAR split into pages, many notes) would take a second.  So each
 declaration is compiled at import time into a :class:`struct.Struct` from the
 field formats cstruct itself computed (:func:`_compile`), and the hot path uses
 that; ``tests/unit/test_record_format.py`` checks the two agree.
+
+Each record type is one row of :data:`RECORD_TYPES` (:class:`RecordType`):
+its number and name, model class, layout, what follows the fixed part, where
+it may appear (top level, or under which parents), how many a reader accepts,
+and its decode and encode functions.  :func:`parse` and :func:`write` both
+dispatch through that table, and ``TYPE_NAMES`` is derived from it, so a new
+record type is a row (plus its model class, layout and two small functions).
+Types without a row are kept as :class:`UnknownRecord` and written back as
+they were.
 """
 
 from __future__ import annotations
 
+import enum
 import mmap
 import os
 import stat
@@ -35,6 +45,8 @@ from dataclasses import dataclass, field
 from typing import Union
 
 import cstruct
+
+from ..errors import Error
 
 # ---------------------------------------------------------------------------
 # constants (FORMAT.md)
@@ -61,18 +73,11 @@ INTERRUPT = 4
 PCI_CONFIG_SPACE = 5
 PCI_BAR_INFO = 6
 PCI_INFO = 7
-# ... and the extensions' own range
-EXTENSION_BASE = 0x8000
+# ... and the extensions' own range (0x8000 to 0xFFFF)
 DEVICE_INFO = 0x8001
 REGION_INFO = 0x8002
 REGION_DATA = 0x8003
 NOTE = 0x8004
-
-TYPE_NAMES = {
-    REGION: "REGION", DTPATH: "DTPATH", DTINDEX: "DTINDEX", INTERRUPT: "INTERRUPT",
-    PCI_CONFIG_SPACE: "PCI_CONFIG_SPACE", PCI_BAR_INFO: "PCI_BAR_INFO", PCI_INFO: "PCI_INFO",
-    DEVICE_INFO: "DEVICE_INFO", REGION_INFO: "REGION_INFO", REGION_DATA: "REGION_DATA", NOTE: "NOTE",
-}
 
 # REGION flags (bits 0-2 are VFIO_REGION_INFO_FLAG_READ/WRITE/MMAP)
 REGION_READ = 1 << 0
@@ -103,13 +108,15 @@ BAR_PREFETCHABLE = 1 << 0
 
 
 def type_name(rtype: int | None) -> str:
+    """A record type's name as FORMAT.md spells it (``TYPE_NAMES``, from the record table)."""
     if rtype is None:
         return "file header"
     return TYPE_NAMES.get(rtype, f"unknown type {rtype:#x}")
 
 
-class RecordFormatError(ValueError):
-    """A record file that breaks ``FORMAT.md`` (or a reader's limits).
+class RecordFormatError(Error, ValueError):
+    """A record file that breaks ``FORMAT.md`` (or a reader's limits): a
+    toolkit error (``vfio.errors.Error``) and a ``ValueError``.
 
     ``offset`` is the byte offset in the file of the thing at fault (``None``
     when the fault is the file as a whole: not a regular file, too large),
@@ -478,17 +485,13 @@ class DeviceRecord:
 # reading
 # ---------------------------------------------------------------------------
 _TOP = 0   # "parent type" of a top-level record
-_PLACES = {  # where each known type may appear
-    REGION: (_TOP,), INTERRUPT: (_TOP,), PCI_INFO: (_TOP,), DEVICE_INFO: (_TOP,), NOTE: (_TOP,),
-    DTPATH: (REGION, INTERRUPT), DTINDEX: (REGION, INTERRUPT),
-    PCI_CONFIG_SPACE: (REGION,), PCI_BAR_INFO: (REGION,), REGION_INFO: (REGION,), REGION_DATA: (REGION,),
-}
-_CONTAINERS = (REGION, INTERRUPT)
-_SINGLE_IN_REGION = (PCI_CONFIG_SPACE, PCI_BAR_INFO, REGION_INFO)
 
 
 class _Reader:
-    """One parse: the buffer, options and the file-wide uniqueness checks."""
+    """One parse: the buffer, options and the file-wide uniqueness checks.
+
+    The walk (headers, lengths, padding, limits, placement, fixed sizes,
+    once-per-file) is generic; what a record holds is its row's ``decode``."""
 
     def __init__(self, buf, path: str | None, lazy: bool, max_records: int = DEFAULT_MAX_RECORDS):
         self.buf = buf
@@ -562,110 +565,269 @@ class _Reader:
         return out
 
     def record(self, pos: int, rtype: int, rec_len: int, flags: int, parent: int, depth: int):
-        buf = self.buf
-        places = _PLACES.get(rtype)
-        if places is None:
-            return UnknownRecord(rtype, bytes(buf[pos:pos + rec_len]))
-        if parent not in places:
-            if rtype in _CONTAINERS:
-                raise self.err(pos, rtype, f"nesting too deep: a {type_name(rtype)} at level {depth} "
-                               f"(at most {MAX_DEPTH} levels; {type_name(rtype)} only at the top)")
+        row = _BY_TYPE.get(rtype)
+        if row is None:
+            return UnknownRecord(rtype, bytes(self.buf[pos:pos + rec_len]))
+        if parent not in row.places:
+            if row.nests:
+                raise self.err(pos, rtype, f"nesting too deep: a {row.name} at level {depth} "
+                               f"(at most {MAX_DEPTH} levels; {row.name} only at the top)")
             where = f"under {type_name(parent)}" if parent else "at the top level"
             raise self.err(pos, rtype, f"sub-record {where}; it belongs under "
-                           + " or ".join(type_name(p) for p in places))
-        if rtype == REGION:
-            return self.region(pos, rec_len, flags, depth)
-        if rtype == REGION_DATA:
-            self.fixed(pos, rtype, rec_len, _S_DATA.size, exact=False)
-            _, _, _, reserved, offset = _S_DATA.unpack_from(buf, pos)
-            self.reserved(pos + 12, rtype, reserved)
-            return RegionData(offset, self.payload(pos + _S_DATA.size, pos + rec_len, copy=False), flags)
-        if rtype == INTERRUPT:
-            self.fixed(pos, rtype, rec_len, _S_INTERRUPT.size, exact=False)
-            _, _, _, index, count, reserved = _S_INTERRUPT.unpack_from(buf, pos)
-            self.reserved(pos + 20, rtype, reserved)
-            if index in self.irq_indexes:
-                raise self.err(pos, rtype, f"duplicate interrupt index {index}")
-            self.irq_indexes.add(index)
-            kids = self.sequence(pos + _S_INTERRUPT.size, pos + rec_len, INTERRUPT, depth + 1)
-            return Interrupt(index, flags, count, kids)
-        if rtype == DTPATH:
-            return DtPath(self.string(pos, rtype, pos + 12, pos + rec_len), flags)
-        if rtype == NOTE:
-            return Note(self.string(pos, rtype, pos + 12, pos + rec_len), flags)
-        if rtype == DTINDEX:
-            self.fixed(pos, rtype, rec_len, _S_DTINDEX.size)
-            return DtIndex(*_S_DTINDEX.unpack_from(buf, pos)[3:], flags)
-        if rtype == PCI_CONFIG_SPACE:
-            self.fixed(pos, rtype, rec_len, RECORD_HEADER_LEN)
-            return PciConfigSpace(flags)
-        if rtype == PCI_BAR_INFO:
-            self.fixed(pos, rtype, rec_len, _S_BAR.size)
-            return PciBarInfo(*_S_BAR.unpack_from(buf, pos)[3:], flags)
-        if rtype == REGION_INFO:
-            self.fixed(pos, rtype, rec_len, _S_REGINFO.size, exact=False)
-            return RegionInfo(_S_REGINFO.unpack_from(buf, pos)[3],
-                              bytes(buf[pos + _S_REGINFO.size:pos + rec_len]), flags)
-        if rtype == PCI_INFO:
-            self.fixed(pos, rtype, rec_len, _S_PCI.size)
-            self.single(pos, rtype)
-            _, _, _, domain, bus, dev, fn, reserved = _S_PCI.unpack_from(buf, pos)
-            self.reserved(pos + 19, rtype, reserved)
-            if dev > 31 or fn > 7:
-                raise self.err(pos + 17, rtype, f"device {dev} / function {fn} out of range (0-31 / 0-7)")
-            return PciInfo(domain, bus, dev, fn, flags)
-        if rtype == DEVICE_INFO:
-            self.fixed(pos, rtype, rec_len, _S_DEVINFO.size, exact=False)
-            self.single(pos, rtype)
-            _, _, _, vflags, nreg, nirq = _S_DEVINFO.unpack_from(buf, pos)
-            return DeviceInfo(vflags, nreg, nirq, bytes(buf[pos + _S_DEVINFO.size:pos + rec_len]), flags)
-        raise AssertionError(f"type {rtype:#x} has a place but no decoder")  # pragma: no cover
-
-    def fixed(self, pos: int, rtype: int, rec_len: int, size: int, exact: bool = True) -> None:
-        if rec_len < size:
-            raise self.err(pos, rtype, f"rec_len {rec_len} smaller than the fixed part ({size} bytes)")
-        if exact and rec_len != size:
+                           + " or ".join(type_name(p) for p in row.places))
+        if not row.size <= rec_len <= row.max_len:
+            size = row.size
+            if rec_len < size:
+                raise self.err(pos, rtype, f"rec_len {rec_len} smaller than the fixed part ({size} bytes)")
             raise self.err(pos, rtype, f"rec_len {rec_len} is not the record's size ({size} bytes)")
+        if row.once_per_file:
+            if rtype in self.singletons:
+                raise self.err(pos, rtype, f"a second {row.name} record (at most one per file)")
+            self.singletons.add(rtype)
+        return row.decode(self, pos, rec_len, flags, depth)
 
     def reserved(self, off: int, rtype: int, value: int) -> None:
         if value:
             raise self.err(off, rtype, f"reserved field is {value:#x}, must be 0")
 
-    def single(self, pos: int, rtype: int) -> None:
-        if rtype in self.singletons:
-            raise self.err(pos, rtype, f"a second {type_name(rtype)} record (at most one per file)")
-        self.singletons.add(rtype)
 
-    def region(self, pos: int, rec_len: int, flags: int, depth: int) -> Region:
-        self.fixed(pos, REGION, rec_len, _S_REGION.size, exact=False)
-        _, _, _, index, offset, size, addr = _S_REGION.unpack_from(self.buf, pos)
-        if index in self.region_indexes:
-            raise self.err(pos, REGION, f"duplicate region index {index}")
-        self.region_indexes.add(index)
-        where: list[int] = []
-        kids = self.sequence(pos + _S_REGION.size, pos + rec_len, REGION, depth + 1, where)
-        seen = set()
-        spans = []
-        for kid, cpos in zip(kids, where):
-            kt = kid.type
-            if kt in _SINGLE_IN_REGION:
-                if kt in seen:
-                    raise self.err(cpos, kt, f"a second {type_name(kt)} in region {index}")
-                seen.add(kt)
-            if kt == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
-                raise self.err(cpos, kt, f"vfio_flags {kid.vfio_flags:#x} disagree with region {index}'s "
-                               f"flags {flags:#x} on READ/WRITE/MMAP")
-            if kt == REGION_DATA:
-                if kid.offset + len(kid.data) > size:
-                    raise self.err(cpos, kt, f"data [{kid.offset:#x}, +{len(kid.data):#x}) outside region "
-                                   f"{index} ({size:#x} bytes)")
-                spans.append((kid.offset, kid.offset + len(kid.data), cpos))
-        spans.sort()
-        for (a0, a1, _), (b0, _b1, boff) in zip(spans, spans[1:]):
-            if b0 < a1:
-                raise self.err(boff, REGION_DATA, f"data at {b0:#x} overlaps data [{a0:#x}, {a1:#x}) "
-                               f"in region {index}")
-        return Region(index, flags, offset, size, addr, kids)
+# ---------------------------------------------------------------------------
+# writing helpers
+# ---------------------------------------------------------------------------
+def _hdr(rtype: int, length: int, flags: int) -> bytes:
+    return _S_HDR.pack(rtype, length, flags)
+
+
+def _cstring(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if b"\x00" in b:
+        raise ValueError(f"string {s!r} contains a NUL")
+    return b + b"\x00"
+
+
+def _join(parts: list[bytes]) -> bytes:
+    """Sub-records one after another, 8-aligned, no padding after the last."""
+    out = bytearray()
+    for p in parts:
+        out += _ZEROS[:_align(len(out)) - len(out)]
+        out += p
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------
+# the record types: one row each, used by parse and write alike
+# ---------------------------------------------------------------------------
+# A decoder is ``decode(reader, pos, rec_len, flags, depth) -> record``; it runs
+# after the reader has checked the row's placement, fixed size (rec_len at
+# least ``size``, exactly ``size`` when nothing follows) and once-per-file
+# rule, and checks what is particular to the type (reserved fields, ranges,
+# indexes unique in the file, its sub-records).  An encoder is
+# ``encode(record) -> bytes``: header included, padding excluded.
+class _Tail(enum.Enum):
+    """What follows a record's fixed part, up to ``rec_len``."""
+    NONE = "nothing"                # rec_len is exactly the fixed part
+    SUBRECORDS = "sub-records"      # a container: REGION, INTERRUPT
+    BYTES = "bytes"                 # a capability chain, region data
+    STRING = "string"               # UTF-8, NUL-terminated
+
+
+class _Once(enum.Enum):
+    """How many of a type a reader accepts.  PER_FILE is checked by the reader
+    before decoding; PER_PARENT by the parent's decoder once its sub-records
+    are read (REGION's: the only parent such types have)."""
+    PER_FILE = "at most one per file"
+    PER_PARENT = "at most one per parent"
+
+
+class RecordType:
+    """One row of the record table: everything the codec knows of a record type."""
+
+    __slots__ = ("rtype", "name", "cls", "layout", "struct", "size", "tail", "places", "once",
+                 "decode", "encode", "exact", "nests", "max_len", "once_per_file")
+
+    def __init__(self, rtype, name, cls, layout, tail, places, decode, encode, once=None):
+        self.rtype = rtype              #: the type number (FORMAT.md)
+        self.name = name                #: as FORMAT.md and error messages spell it
+        self.cls = cls                  #: the model class (its ``type`` is ``rtype``)
+        self.layout = layout            #: cstruct declaration of the fixed part
+        self.struct = STRUCTS[layout]   #: ... compiled
+        self.size = self.struct.size
+        self.tail = tail                #: what follows the fixed part (:class:`_Tail`)
+        self.places = places            #: parent types it may appear under (_TOP: the top level)
+        self.once = once                #: a :class:`_Once`, or None (any number)
+        self.decode = decode
+        self.encode = encode
+        self.exact = tail is _Tail.NONE
+        self.nests = tail is _Tail.SUBRECORDS
+        self.max_len = self.size if self.exact else 0xFFFFFFFF     # rec_len is a u32
+        self.once_per_file = once is _Once.PER_FILE
+
+    def __repr__(self) -> str:
+        return f"<RecordType {self.name} {self.rtype:#x}>"
+
+
+def _dec_region(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Region:
+    _, _, _, index, offset, size, addr = _S_REGION.unpack_from(rd.buf, pos)
+    if index in rd.region_indexes:
+        raise rd.err(pos, REGION, f"duplicate region index {index}")
+    rd.region_indexes.add(index)
+    where: list[int] = []
+    kids = rd.sequence(pos + _S_REGION.size, pos + rec_len, REGION, depth + 1, where)
+    seen = set()
+    spans = []
+    for kid, cpos in zip(kids, where):
+        kt = kid.type
+        if kt in _ONCE_PER_PARENT:
+            if kt in seen:
+                raise rd.err(cpos, kt, f"a second {type_name(kt)} in region {index}")
+            seen.add(kt)
+        if kt == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
+            raise rd.err(cpos, kt, f"vfio_flags {kid.vfio_flags:#x} disagree with region {index}'s "
+                         f"flags {flags:#x} on READ/WRITE/MMAP")
+        if kt == REGION_DATA:
+            if kid.offset + len(kid.data) > size:
+                raise rd.err(cpos, kt, f"data [{kid.offset:#x}, +{len(kid.data):#x}) outside region "
+                             f"{index} ({size:#x} bytes)")
+            spans.append((kid.offset, kid.offset + len(kid.data), cpos))
+    spans.sort()
+    for (a0, a1, _), (b0, _b1, boff) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise rd.err(boff, REGION_DATA, f"data at {b0:#x} overlaps data [{a0:#x}, {a1:#x}) "
+                         f"in region {index}")
+    return Region(index, flags, offset, size, addr, kids)
+
+
+def _enc_region(r: Region) -> bytes:
+    enc = _ENCODERS.get
+    body = _join([enc(type(c), _encode_other)(c) for c in r.children])
+    return _S_REGION.pack(REGION, _S_REGION.size + len(body), r.flags, r.index, r.offset, r.size, r.addr) + body
+
+
+def _dec_dtpath(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> DtPath:
+    return DtPath(rd.string(pos, DTPATH, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
+
+
+def _enc_dtpath(r: DtPath) -> bytes:
+    s = _cstring(r.path)
+    return _hdr(DTPATH, RECORD_HEADER_LEN + len(s), r.flags) + s
+
+
+def _dec_dtindex(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> DtIndex:
+    return DtIndex(*_S_DTINDEX.unpack_from(rd.buf, pos)[3:], flags)
+
+
+def _enc_dtindex(r: DtIndex) -> bytes:
+    return _S_DTINDEX.pack(DTINDEX, _S_DTINDEX.size, r.flags, r.prop_type, r.prop_index)
+
+
+def _dec_interrupt(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Interrupt:
+    _, _, _, index, count, reserved = _S_INTERRUPT.unpack_from(rd.buf, pos)
+    rd.reserved(pos + 20, INTERRUPT, reserved)
+    if index in rd.irq_indexes:
+        raise rd.err(pos, INTERRUPT, f"duplicate interrupt index {index}")
+    rd.irq_indexes.add(index)
+    kids = rd.sequence(pos + _S_INTERRUPT.size, pos + rec_len, INTERRUPT, depth + 1)
+    return Interrupt(index, flags, count, kids)
+
+
+def _enc_interrupt(r: Interrupt) -> bytes:
+    enc = _ENCODERS.get
+    body = _join([enc(type(c), _encode_other)(c) for c in r.children])
+    return _S_INTERRUPT.pack(INTERRUPT, _S_INTERRUPT.size + len(body), r.flags, r.index, r.count, 0) + body
+
+
+def _dec_config(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> PciConfigSpace:
+    return PciConfigSpace(flags)
+
+
+def _enc_config(r: PciConfigSpace) -> bytes:
+    return _hdr(PCI_CONFIG_SPACE, RECORD_HEADER_LEN, r.flags)
+
+
+def _dec_bar(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> PciBarInfo:
+    return PciBarInfo(*_S_BAR.unpack_from(rd.buf, pos)[3:], flags)
+
+
+def _enc_bar(r: PciBarInfo) -> bytes:
+    return _S_BAR.pack(PCI_BAR_INFO, _S_BAR.size, r.flags, r.bar_type, r.bar_index)
+
+
+def _dec_pci(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> PciInfo:
+    _, _, _, domain, bus, dev, fn, reserved = _S_PCI.unpack_from(rd.buf, pos)
+    rd.reserved(pos + 19, PCI_INFO, reserved)
+    if dev > 31 or fn > 7:
+        raise rd.err(pos + 17, PCI_INFO, f"device {dev} / function {fn} out of range (0-31 / 0-7)")
+    return PciInfo(domain, bus, dev, fn, flags)
+
+
+def _enc_pci(r: PciInfo) -> bytes:
+    return _S_PCI.pack(PCI_INFO, _S_PCI.size, r.flags, r.domain, r.bus, r.device, r.function, 0)
+
+
+def _dec_devinfo(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> DeviceInfo:
+    _, _, _, vflags, nreg, nirq = _S_DEVINFO.unpack_from(rd.buf, pos)
+    return DeviceInfo(vflags, nreg, nirq, bytes(rd.buf[pos + _S_DEVINFO.size:pos + rec_len]), flags)
+
+
+def _enc_devinfo(r: DeviceInfo) -> bytes:
+    return _S_DEVINFO.pack(DEVICE_INFO, _S_DEVINFO.size + len(r.caps), r.flags, r.vfio_flags,
+                           r.num_regions, r.num_irqs) + bytes(r.caps)
+
+
+def _dec_reginfo(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> RegionInfo:
+    return RegionInfo(_S_REGINFO.unpack_from(rd.buf, pos)[3], bytes(rd.buf[pos + _S_REGINFO.size:pos + rec_len]),
+                      flags)
+
+
+def _enc_reginfo(r: RegionInfo) -> bytes:
+    return _S_REGINFO.pack(REGION_INFO, _S_REGINFO.size + len(r.caps), r.flags, r.vfio_flags) + bytes(r.caps)
+
+
+def _dec_data(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> RegionData:
+    _, _, _, reserved, offset = _S_DATA.unpack_from(rd.buf, pos)
+    rd.reserved(pos + 12, REGION_DATA, reserved)
+    return RegionData(offset, rd.payload(pos + _S_DATA.size, pos + rec_len, copy=False), flags)
+
+
+def _enc_data(r: RegionData) -> bytes:
+    return _S_DATA.pack(REGION_DATA, _S_DATA.size + len(r.data), r.flags, 0, r.offset) + bytes(r.data)
+
+
+def _dec_note(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Note:
+    return Note(rd.string(pos, NOTE, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
+
+
+def _enc_note(r: Note) -> bytes:
+    s = _cstring(r.text)
+    return _hdr(NOTE, RECORD_HEADER_LEN + len(s), r.flags) + s
+
+
+_T, _R, _I = (_TOP,), (REGION,), (REGION, INTERRUPT)
+#: The record table (FORMAT.md's record types, in its order): adding a type is
+#: a row here, its model class, its layout and its two functions.
+RECORD_TYPES = (
+    RecordType(REGION, "REGION", Region, _L_Region, _Tail.SUBRECORDS, _T, _dec_region, _enc_region),
+    RecordType(DTPATH, "DTPATH", DtPath, _L_RecordHeader, _Tail.STRING, _I, _dec_dtpath, _enc_dtpath),
+    RecordType(DTINDEX, "DTINDEX", DtIndex, _L_DtIndex, _Tail.NONE, _I, _dec_dtindex, _enc_dtindex),
+    RecordType(INTERRUPT, "INTERRUPT", Interrupt, _L_Interrupt, _Tail.SUBRECORDS, _T,
+               _dec_interrupt, _enc_interrupt),
+    RecordType(PCI_CONFIG_SPACE, "PCI_CONFIG_SPACE", PciConfigSpace, _L_RecordHeader, _Tail.NONE, _R,
+               _dec_config, _enc_config, _Once.PER_PARENT),
+    RecordType(PCI_BAR_INFO, "PCI_BAR_INFO", PciBarInfo, _L_PciBarInfo, _Tail.NONE, _R, _dec_bar, _enc_bar,
+               _Once.PER_PARENT),
+    RecordType(PCI_INFO, "PCI_INFO", PciInfo, _L_PciInfo, _Tail.NONE, _T, _dec_pci, _enc_pci, _Once.PER_FILE),
+    RecordType(DEVICE_INFO, "DEVICE_INFO", DeviceInfo, _L_DeviceInfo, _Tail.BYTES, _T, _dec_devinfo, _enc_devinfo,
+               _Once.PER_FILE),
+    RecordType(REGION_INFO, "REGION_INFO", RegionInfo, _L_RegionInfo, _Tail.BYTES, _R, _dec_reginfo, _enc_reginfo,
+               _Once.PER_PARENT),
+    RecordType(REGION_DATA, "REGION_DATA", RegionData, _L_RegionData, _Tail.BYTES, _R, _dec_data, _enc_data),
+    RecordType(NOTE, "NOTE", Note, _L_RecordHeader, _Tail.STRING, _T, _dec_note, _enc_note),
+)
+del _T, _R, _I
+_BY_TYPE = {row.rtype: row for row in RECORD_TYPES}
+_ENCODERS = {row.cls: row.encode for row in RECORD_TYPES}
+_ONCE_PER_PARENT = frozenset(row.rtype for row in RECORD_TYPES if row.once is _Once.PER_PARENT)
+TYPE_NAMES = {row.rtype: row.name for row in RECORD_TYPES}
 
 
 def parse(buf, *, path: str | None = None, lazy: bool = False, max_size: int = DEFAULT_MAX_FILE_SIZE,
@@ -712,55 +874,16 @@ def parse(buf, *, path: str | None = None, lazy: bool = False, max_size: int = D
 # ---------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------
-def _hdr(rtype: int, length: int, flags: int) -> bytes:
-    return _S_HDR.pack(rtype, length, flags)
-
-
-def _cstring(s: str) -> bytes:
-    b = s.encode("utf-8")
-    if b"\x00" in b:
-        raise ValueError(f"string {s!r} contains a NUL")
-    return b + b"\x00"
-
-
-def _join(parts: list[bytes]) -> bytes:
-    """Sub-records one after another, 8-aligned, no padding after the last."""
-    out = bytearray()
-    for p in parts:
-        out += _ZEROS[:_align(len(out)) - len(out)]
-        out += p
-    return bytes(out)
+def _encode_other(r) -> bytes:
+    """A record without a row: an unknown one, written back as read."""
+    if type(r) is UnknownRecord:
+        return bytes(r.raw)
+    raise TypeError(f"not a record: {r!r}")
 
 
 def _encode(r) -> bytes:
-    t = type(r)
-    if t is Region:
-        body = _join([_encode(c) for c in r.children])
-        return _S_REGION.pack(REGION, _S_REGION.size + len(body), r.flags, r.index, r.offset, r.size, r.addr) + body
-    if t is RegionData:
-        return _S_DATA.pack(REGION_DATA, _S_DATA.size + len(r.data), r.flags, 0, r.offset) + bytes(r.data)
-    if t is Interrupt:
-        body = _join([_encode(c) for c in r.children])
-        return _S_INTERRUPT.pack(INTERRUPT, _S_INTERRUPT.size + len(body), r.flags, r.index, r.count, 0) + body
-    if t is DtPath or t is Note:
-        s = _cstring(r.path if t is DtPath else r.text)
-        return _hdr(t.type, RECORD_HEADER_LEN + len(s), r.flags) + s
-    if t is DtIndex:
-        return _S_DTINDEX.pack(DTINDEX, _S_DTINDEX.size, r.flags, r.prop_type, r.prop_index)
-    if t is PciConfigSpace:
-        return _hdr(PCI_CONFIG_SPACE, RECORD_HEADER_LEN, r.flags)
-    if t is PciBarInfo:
-        return _S_BAR.pack(PCI_BAR_INFO, _S_BAR.size, r.flags, r.bar_type, r.bar_index)
-    if t is RegionInfo:
-        return _S_REGINFO.pack(REGION_INFO, _S_REGINFO.size + len(r.caps), r.flags, r.vfio_flags) + bytes(r.caps)
-    if t is PciInfo:
-        return _S_PCI.pack(PCI_INFO, _S_PCI.size, r.flags, r.domain, r.bus, r.device, r.function, 0)
-    if t is DeviceInfo:
-        return _S_DEVINFO.pack(DEVICE_INFO, _S_DEVINFO.size + len(r.caps), r.flags, r.vfio_flags,
-                               r.num_regions, r.num_irqs) + bytes(r.caps)
-    if t is UnknownRecord:
-        return bytes(r.raw)
-    raise TypeError(f"not a record: {r!r}")
+    """A record's bytes, header included, padding excluded (through its row)."""
+    return _ENCODERS.get(type(r), _encode_other)(r)
 
 
 def write(rec: DeviceRecord, *, validate: bool = True) -> bytes:
@@ -771,8 +894,9 @@ def write(rec: DeviceRecord, *, validate: bool = True) -> bytes:
         raise ValueError(f"header_extra is {len(rec.header_extra)} bytes, not a multiple of {ALIGN}")
     try:
         body = bytearray()
+        enc = _ENCODERS.get
         for r in rec.records:
-            body += _encode(r)
+            body += enc(type(r), _encode_other)(r)
             body += _ZEROS[:_align(len(body)) - len(body)]
         header_len = FILE_HEADER_LEN + len(rec.header_extra)
         head = _S_FILE.pack(MAGIC, VERSION_MAJOR, rec.version_minor, rec.header_flags, header_len, 0,

@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 
 from .. import uapi
 from ..backend import DeviceBackend
-from ..errors import VfioError
+from ..errors import InvalidValue, VfioError
 from .format import (DeviceInfo, DeviceRecord, MappedRecord, Region, RecordFormatError, REGION_ROM, BAR_ROM,
                      DEVICE_INFO, INTERRUPT, REGION, type_name)
 from ..pci import regs as pci_regs
@@ -596,7 +596,7 @@ class ReplayBackend(DeviceBackend):
         with real hardware)."""
         irq = self._irqs.get(index)
         if irq is None or not 0 <= vector < irq.count:
-            raise ValueError(f"{self.name}: no IRQ vector {index}.{vector} in the record")
+            raise InvalidValue(f"{self.name}: no IRQ vector {index}.{vector} in the record")
         self._live("fire")
         self._poll_unmask(irq)
         return self._deliver(irq, vector)
@@ -605,7 +605,7 @@ class ReplayBackend(DeviceBackend):
         """What is programmed for IRQ ``index`` now."""
         irq = self._irqs.get(index)
         if irq is None:
-            raise ValueError(f"{self.name}: no IRQ index {index} in the record")
+            raise InvalidValue(f"{self.name}: no IRQ index {index} in the record")
         self._poll_unmask(irq)
         return IrqState(index, [fd >= 0 for fd in irq.triggers], list(irq.masked), list(irq.pending),
                         irq.unmask_fd >= 0)
