@@ -24,8 +24,10 @@ import warnings
 from dataclasses import dataclass
 
 from . import uapi
+from .device import Interface
 from .dma import DmaSpace
 from .errors import UnsafeOperationError, VfioError, wrap_oserror
+from .group import Group, group_path_of, normalize_bdf
 from ._resource import OwnedFd, Shared
 
 CONTAINER_PATH = "/dev/vfio/vfio"
@@ -207,6 +209,38 @@ class Container(OwnedFd, DmaSpace, Shared):
         return self._unmap(iova, size)
 
     # ---- groups ----------------------------------------------------------------------
+    def open_device(self, bdf: str, group_path: str | None = None):
+        """Open a device of a group bound to VFIO in this container: the context's
+        device opener (the container path's ``get_device_fd``).
+
+        Finds the device's group in the container, or opens it (``group_path``, by
+        default its ``/dev/vfio`` node from sysfs) and adds it; sets the IOMMU model
+        (type1v2, or no-IOMMU) if none is set yet; then opens the device through the
+        group.  The Device gets this container as its ``dma`` (None in no-IOMMU mode)
+        and holds a lease on the group, which holds one on the container: a group
+        opened here leaves the container and closes with its last device.
+
+        Raises :class:`VfioError` (errno kept) when the kernel refuses a step (EBUSY:
+        the group is open elsewhere), ``ValueError`` for a malformed address.
+        """
+        bdf = normalize_bdf(bdf)
+        path = group_path if group_path is not None else group_path_of(bdf)
+        held = []       # a lease on a group opened here, released once the device holds its own
+        try:
+            group = self.group_for(path)
+            if group is None:
+                group = Group(path)
+                held.append(group.lease(adopt=True))
+                self.add_group(group)
+            if self.iommu_type is None:
+                self.set_iommu()
+            if self.noiommu:
+                return group.open_device(bdf, dma=None, interface=Interface.NOIOMMU)
+            return group.open_device(bdf, dma=self, interface=Interface.CONTAINER)
+        finally:
+            while held:
+                held.pop().close()
+
     def add_group(self, group) -> None:
         """Attach ``group`` (VFIO_GROUP_SET_CONTAINER); it is then listed in ``groups``."""
         group.set_container(self)

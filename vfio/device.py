@@ -23,6 +23,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Sequence
 
 from . import uapi
@@ -562,28 +563,44 @@ class IrqVectors(Resource):
         close_eventfds(efds)
 
 
+class Interface(str, Enum):
+    """How a device was opened.  A ``str`` so that ``dev.interface == "cdev"`` holds."""
+    CONTAINER = "container"     # group + type1 container
+    CDEV = "cdev"               # /dev/vfio/devices/vfioN + iommufd
+    NOIOMMU = "noiommu"         # group + no-IOMMU container: no DMA space
+    REPLAY = "replay"           # a record file, no kernel
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Device(Resource):
     """A VFIO device over a backend: info, regions, IRQs, reset.
 
-    Owns the backend and anything handed to it in ``owns`` (the group and
-    container a convenience opener created), closing them in reverse order.
+    Owns the backend and anything handed to it in ``owns`` (leases on the group,
+    container, IOAS or iommufd the device was opened through), closing them in
+    reverse order after the device fd.  What it was opened through is given to
+    the constructor by the opener (:meth:`vfio.container.Container.open_device`,
+    :meth:`vfio.iommufd.IOAS.open_device`, :meth:`vfio.group.Group.open_device`):
+
+    * ``dma``: the DMA space its DMA goes through (Container or IOAS; None when
+      unknown, e.g. replay, or in no-IOMMU mode);
+    * ``interface``: an :class:`Interface`, or None;
+    * ``group``, ``container``: the Group and Container (container path), else None;
+    * ``ioas``, ``iommufd``: the IOAS and IommuFD it is attached to (cdev path), else None.
     """
 
-    #: The DMA space the device's DMA goes through (Container or IOAS; None when
-    #: unknown, e.g. replay, or in no-IOMMU mode).  Set by the openers.
-    dma = None
-    #: How the device was opened: "container", "cdev", "noiommu", "replay" or None.
-    interface = None
-    #: The Group and Container it was opened through (container path), else None.
-    group = None
-    container = None
-    #: The IOAS and IommuFD it is attached to (cdev path), else None.
-    ioas = None
-    iommufd = None
-
-    def __init__(self, backend: DeviceBackend, owns: Sequence = ()):
+    def __init__(self, backend: DeviceBackend, owns: Sequence = (), *, dma=None,
+                 interface: Interface | None = None, group=None, container=None,
+                 ioas=None, iommufd=None):
         self.backend = backend
         self.name = backend.name
+        self.dma = dma
+        self.interface = None if interface is None else Interface(interface)
+        self.group = group
+        self.container = container
+        self.ioas = ioas
+        self.iommufd = iommufd
         self._owns = list(owns)
         self._regions: dict[int, Region] = {}
         self._irq_owner: dict[int, IrqVectors] = {}

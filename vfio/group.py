@@ -23,26 +23,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 
 from . import uapi
+from .address import PciAddress
 from .device import Device, KernelBackend
-from .errors import InvalidValue, VfioError, wrap_oserror
+from .errors import VfioError, wrap_oserror
 from ._resource import OwnedFd, Shared
 
 VFIO_DEV_DIR = "/dev/vfio"
 SYSFS_PCI = "/sys/bus/pci/devices"
-_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 def normalize_bdf(bdf: str) -> str:
     """'00:04.0' -> '0000:00:04.0'; anything else malformed is a ValueError naming it."""
-    b = bdf.strip().lower()
-    if re.match(r"^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$", b):
-        b = "0000:" + b
-    if not _BDF.match(b):
-        raise InvalidValue(f"{bdf!r} is not a PCI address of the form DDDD:BB:DD.F")
-    return b
+    return str(PciAddress.parse(bdf))
 
 
 def iommu_group_of(bdf: str, sysfs: str = SYSFS_PCI) -> str:
@@ -153,19 +147,20 @@ class Group(OwnedFd, Shared):
         return uapi.ioctl(self._fd(), uapi.VFIO_GROUP_GET_DEVICE_FD, buf,
                           f"VFIO_GROUP_GET_DEVICE_FD {name} on {self.path}")
 
-    def open_device(self, name: str) -> Device:
+    def open_device(self, name: str, *, dma=None, interface=None) -> Device:
         """A device of this group (VFIO_GROUP_GET_DEVICE_FD).  The device holds a lease
-        on the group until it is closed."""
+        on the group until it is closed; its ``group`` and ``container`` are this group
+        and its container, ``dma`` and ``interface`` what the caller says (the container's
+        :meth:`~vfio.container.Container.open_device` says which)."""
         fd = self.get_device_fd(name)
         backend = KernelBackend(fd, name)
         try:
-            dev = Device(backend, owns=[self.lease()])     # a failed Device() closes both
+            # a failed Device() closes both
+            return Device(backend, owns=[self.lease()], dma=dma, interface=interface,
+                          group=self, container=self.container)
         except BaseException:
             backend.close()
             raise
-        dev.group = self
-        dev.container = self.container
-        return dev
 
     def _release(self) -> None:
         if self.container is not None:

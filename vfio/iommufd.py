@@ -25,9 +25,9 @@ import os
 from dataclasses import dataclass
 
 from . import uapi
-from .device import Device, KernelBackend
+from .device import Device, Interface, KernelBackend
 from .dma import DmaSpace
-from .errors import VfioError, wrap_oserror
+from .errors import InvalidValue, VfioError, wrap_oserror
 from .group import SYSFS_PCI, normalize_bdf
 from ._resource import OwnedFd, Shared
 
@@ -169,6 +169,32 @@ class IOAS(DmaSpace, Shared):
         self.iommufd.call(uapi.IOMMU_IOAS_UNMAP, st, f"IOMMU_IOAS_UNMAP ioas {self.id} iova {iova:#x} length {size:#x}")
         return st.length
 
+    def open_device(self, bdf: str, sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> Device:
+        """Open a vfio-pci device through its cdev, bound to this IOAS's iommufd and
+        attached to this IOAS: the context's device opener (the cdev path's
+        ``get_device_fd``).
+
+        The Device's ``dma`` and ``ioas`` are this IOAS, ``iommufd`` its iommufd,
+        ``backend.devid`` the iommufd device id.  It holds leases on both: closing it
+        closes the device fd (which detaches and unbinds it), then releases the IOAS
+        (unmapping its mappings, if it was made for its devices and none is left) and
+        the iommufd.  Raises :class:`VfioError` (errno kept) when the kernel refuses a
+        step, ``ValueError`` for a malformed address.
+        """
+        if self.id is None:
+            raise VfioError(errno.EBADF, f"IOAS of {self.iommufd.path} is closed")
+        bdf = normalize_bdf(bdf)
+        iommufd = self.iommufd
+        backend = CdevBackend(cdev_path_of(bdf, sysfs, devdir), iommufd, bdf)
+        try:
+            backend.attach(self.id)
+            # owns pops from the end: the IOAS goes before the iommufd it lives in
+            return Device(backend, owns=[iommufd.lease(), self.lease()], dma=self,
+                          interface=Interface.CDEV, ioas=self, iommufd=iommufd)
+        except BaseException:
+            backend.close()
+            raise
+
     def close(self) -> None:
         if self.id is None:
             return
@@ -220,35 +246,28 @@ class CdevBackend(KernelBackend):
 
 def open_cdev_device(bdf: str, iommufd: IommuFD | None = None, ioas: IOAS | None = None,
                      sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> Device:
-    """Open a vfio-pci device through its cdev, bound to ``iommufd`` and attached to
-    ``ioas`` (both created when not given).
+    """Open a vfio-pci device through its cdev (:meth:`IOAS.open_device`), bound to
+    ``iommufd`` and attached to ``ioas`` (both created when not given; a given
+    ``ioas`` brings its own iommufd).
 
-    The Device's ``.ioas`` is the DMA space, ``.backend.devid`` the iommufd device id.
-    The device holds leases on both: closing it closes the device fd (which detaches
-    and unbinds it), then the IOAS (unmapping its mappings) and the iommufd if they
-    were created here and no other device holds them.  An ``iommufd`` or ``ioas``
-    passed in stays the caller's to close.
+    An IOAS or iommufd created here belongs to the device's leases: closing the
+    device closes them when no other device holds them.  An ``iommufd`` or ``ioas``
+    passed in stays the caller's to close.  Raises ``ValueError`` when ``ioas`` does
+    not live in the given ``iommufd``.
     """
     bdf = normalize_bdf(bdf)
+    if ioas is not None:
+        if iommufd is not None and ioas.iommufd is not iommufd:
+            raise InvalidValue(f"IOAS {ioas.id} lives in another iommufd than {iommufd.path}")
+        return ioas.open_device(bdf, sysfs, devdir)
     held = []       # released last to first; the device takes its own leases on success
     try:
         if iommufd is None:
             iommufd = IommuFD()
             held.append(iommufd.lease(adopt=True))
-        if ioas is None:
-            ioas = iommufd.alloc_ioas()
-            held.append(ioas.lease(adopt=True))
-        backend = CdevBackend(cdev_path_of(bdf, sysfs, devdir), iommufd, bdf)
-        try:
-            backend.attach(ioas.id)
-            # owns pops from the end: the IOAS goes before the iommufd it lives in
-            dev = Device(backend, owns=[iommufd.lease(), ioas.lease()])
-        except BaseException:
-            backend.close()
-            raise
+        ioas = iommufd.alloc_ioas()
+        held.append(ioas.lease(adopt=True))
+        return ioas.open_device(bdf, sysfs, devdir)
     finally:
         while held:
             held.pop().close()
-    dev.ioas = ioas
-    dev.iommufd = iommufd
-    return dev

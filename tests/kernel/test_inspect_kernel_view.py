@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import time
 import pytest
 
 from vfio.host.sysfs import Host
+
+from tests import lspci_text
 
 DEVICES = "/sys/bus/pci/devices"
 QEMU_HINT = ("the host-tools leg needs QEMU arguments -device piix3-ide -device pcie-root-port,id=sriov-rp,"
@@ -51,19 +52,7 @@ def inspect_json(bdf: str) -> dict:
 def lspci_regions(bdf: str) -> tuple[dict, str]:
     text = subprocess.run(["lspci", "-vvv", "-s", bdf], capture_output=True, text=True, timeout=120,
                           check=True).stdout
-    regions = {}
-    for line in text.splitlines():
-        if line.startswith("\t\t"):
-            continue
-        m = re.match(r"\tRegion (\d): (?:I/O ports at ([0-9a-f]+)|Memory at ([0-9a-f]+) \((32|64)-bit, "
-                     r"(non-)?prefetchable\))(.*)$", line)
-        if m:
-            idx, io_addr, mem_addr, width, nonpref, rest = m.groups()
-            size = re.search(r"\[size=(\w+)\]", rest)
-            regions[int(idx)] = {"io": io_addr is not None, "address": int(io_addr or mem_addr, 16),
-                                 "width": width, "prefetchable": mem_addr is not None and nonpref is None,
-                                 "virtual": "[virtual]" in rest, "size": size.group(1) if size else None}
-    return regions, text
+    return lspci_text.regions(text)["regions"], text
 
 
 def lspci_size(n: int) -> str:

@@ -31,13 +31,6 @@ E1000E = "0000:01:00.0"
 ICH9 = ["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"]
 
 
-@pytest.fixture
-def tree(tmp_path):
-    dst = tmp_path / "root"
-    shutil.copytree(GUEST, dst, symlinks=True)
-    return str(dst)
-
-
 def snapshot(root: str) -> dict:
     return {d.bdf: (d.driver, d.driver_override, d.iommu_group) for d in Host(root).devices()}
 

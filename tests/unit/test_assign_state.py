@@ -9,7 +9,6 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,13 +25,6 @@ E1000E = "0000:01:00.0"
 ICH9 = ["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"]
 GOOD = {"driver": "e1000e", "driver_override": None, "ids": "8086:10d3", "iommu_group": "9",
         "status": "assigned", "since": "2026-01-01T00:00:00+00:00", "uid": 0}
-
-
-@pytest.fixture
-def tree(tmp_path):
-    dst = tmp_path / "root"
-    shutil.copytree(GUEST, dst, symlinks=True)
-    return str(dst)
 
 
 def snapshot(root: str) -> dict:

@@ -30,13 +30,6 @@ GUEST = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs",
 E1000E = "0000:01:00.0"
 
 
-@pytest.fixture
-def tree(tmp_path):
-    dst = tmp_path / "root"
-    shutil.copytree(GUEST, dst, symlinks=True)
-    return str(dst)
-
-
 def snapshot(root: str) -> dict:
     """Everything assignment may change: driver and override of every device, VFIO nodes."""
     h = Host(root)

@@ -22,6 +22,8 @@ from vfio.host import inspect
 from vfio.host.sysfs import Host, HostError
 from vfio.pci.config import BarOrigin, ConfigSpace, KernelResource
 
+from tests import lspci_text
+
 KV = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "kernel-view"
 IDS = {"piix3-ide": ("0x8086", "0x7010", "0x010180"), "nvme-sriov-pf": ("0x1b36", "0x0010", "0x010802"),
        "nvme-sriov-vf": ("0x1b36", "0x0010", "0x010802")}
@@ -38,23 +40,7 @@ def resources(name: str) -> list[KernelResource]:
 
 def lspci_regions(name: str) -> dict:
     """Region N and Expansion ROM lines of the guest's lspci -vvv (the device's own, not the SR-IOV cap's)."""
-    regions, rom = {}, None
-    for line in (KV / f"{name}.lspci").read_text().splitlines():
-        if line.startswith("\t\t"):
-            continue                                   # inside a capability (SR-IOV's VF regions)
-        m = re.match(r"\tRegion (\d): (?:I/O ports at ([0-9a-f]+)|Memory at ([0-9a-f]+) \((32|64)-bit, "
-                     r"(non-)?prefetchable\))(.*)$", line)
-        if m:
-            idx, io_addr, mem_addr, width, nonpref, rest = m.groups()
-            size = re.search(r"\[size=(\w+)\]", rest)
-            regions[int(idx)] = {"io": io_addr is not None, "address": int(io_addr or mem_addr, 16),
-                                 "width": width, "prefetchable": nonpref is None and mem_addr is not None,
-                                 "virtual": "[virtual]" in rest, "disabled": "[disabled]" in rest,
-                                 "size": size.group(1) if size else None}
-        m = re.match(r"\tExpansion ROM at (\w+)(.*)$", line)
-        if m:
-            rom = m.groups()
-    return {"regions": regions, "rom": rom}
+    return lspci_text.regions((KV / f"{name}.lspci").read_text())
 
 
 def tree(tmp_path, *names) -> str:

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import socket
 import struct
 from dataclasses import dataclass
 
+from ..address import PciAddress
 from ..errors import InvalidValue
 from .sysfs import Host, PciDevice
 
 IFF_UP = 0x1
-_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 MAX_STACK = 64        # bound on holder chains (dm on md on ...)
 
 
@@ -56,7 +55,7 @@ def _below(host: Host, class_dir: str, dev: PciDevice) -> list[str]:
     for name in host.sysfs.listdir(class_dir):
         real = host.sysfs.real(f"{class_dir}/{name}")
         # below a bridge sit other functions' disks and NICs: those are theirs, not the bridge's
-        if real.startswith(prefix) and not any(_BDF.match(p) for p in real[len(prefix):].split("/")):
+        if real.startswith(prefix) and not any(PciAddress.is_sysfs_name(p) for p in real[len(prefix):].split("/")):
             out.append(name)
     return out
 

@@ -37,7 +37,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
-from ..errors import Error, VfioError, wrap_oserror
+from ..errors import Error, InvalidValue, VfioError, wrap_oserror
 from ..group import normalize_bdf
 
 PCI_DEVICES = "sys/bus/pci/devices"
@@ -373,21 +373,12 @@ class Host:
         reads 0 (SR-IOV VFs, legacy-mode IDE).  [] when the file does not exist
         (an old capture).  Raises :class:`HostError` naming the path and line
         when a line is not ``start end flags`` in hex."""
-        from ..pci.config import KernelResource
+        from ..pci.config import parse_resources
         rel = f"{PCI_DEVICES}/{normalize_bdf(bdf)}/resource"
-        text = self.sysfs.read_optional(rel)
-        out = []
-        for n, line in enumerate((text or "").splitlines()):
-            f = line.split()
-            try:
-                if len(f) != 3:
-                    raise ValueError
-                start, end, flags = (int(x, 16) for x in f)
-            except ValueError:
-                raise HostError(f"{self.sysfs.shown(rel)}: line {n + 1} is not 'start end flags' in hex: "
-                                f"{line.strip()!r}") from None
-            out.append(KernelResource(n, start, end, flags))
-        return out
+        try:
+            return parse_resources(self.sysfs.read_optional(rel) or "", self.sysfs.shown(rel))
+        except InvalidValue as e:
+            raise HostError(str(e)) from None
 
     def has_driver(self, name: str) -> bool:
         return self.sysfs.exists(f"{PCI_DRIVERS}/{name}")

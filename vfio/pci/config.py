@@ -63,7 +63,7 @@ from ..errors import Error, InvalidValue
 from . import regs as R
 
 __all__ = [
-    "ConfigSpaceError", "ConfigSpaceTruncated", "Bar", "BarOrigin", "KernelResource", "Rom", "BridgeWindows",
+    "ConfigSpaceError", "ConfigSpaceTruncated", "Bar", "BarOrigin", "KernelResource", "parse_resources", "Rom", "BridgeWindows",
     "Capability", "ExtCapability", "ConfigSpace",
     "walk_capabilities", "walk_extended_capabilities", "capability_size", "extended_capability_size",
     "bar_size_from_mask", "lspci_dump",
@@ -295,6 +295,25 @@ class KernelResource:
     @property
     def unset(self) -> bool:
         return bool(self.flags & R.IORESOURCE_UNSET)
+
+
+def parse_resources(text: str, source: str) -> list[KernelResource]:
+    """The lines of a sysfs ``resource`` file as :class:`KernelResource`, in order
+    (line 0-5 the BARs, 6 the ROM, 7-12 an SR-IOV PF's VF BARs, then bridge
+    windows).  Each line is ``start end flags`` in hex, as the kernel's
+    resource_show() prints it.  Raises :class:`~vfio.errors.InvalidValue` naming
+    ``source`` and the line number when a line is not."""
+    out = []
+    for n, line in enumerate(text.splitlines()):
+        f = line.split()
+        try:
+            if len(f) != 3:
+                raise ValueError
+            start, end, flags = (int(x, 16) for x in f)
+        except ValueError:
+            raise InvalidValue(f"{source}: line {n + 1} is not 'start end flags' in hex: {line.strip()!r}") from None
+        out.append(KernelResource(n, start, end, flags))
+    return out
 
 
 @dataclass(frozen=True)

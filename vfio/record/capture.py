@@ -33,25 +33,24 @@ import datetime
 import errno
 import os
 import platform
-import re
 import struct
 
 from .. import uapi
 from ..errors import VfioError
 from . import format as F
-from ..pci.config import ConfigSpace
+from ..address import PciAddress
+from ..pci.config import ConfigSpace, KernelResource, parse_resources
 from ..pci.regs import CAP_ID_EXP
 
 SYSFS_PCI = "/sys/bus/pci/devices"
-_BDF = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
 _REGION_INFO_SIZE = ctypes.sizeof(uapi.vfio_region_info)      # 32: the chain starts after it
 
 
 def _pci_info(name: str) -> F.PciInfo | None:
-    m = _BDF.search(name or "")
-    if m is None:
+    a = PciAddress.find_in(name)
+    if a is None:
         return None
-    return F.PciInfo(int(m[1], 16), int(m[2], 16), int(m[3], 16), int(m[4], 16))
+    return F.PciInfo(a.domain, a.bus, a.device, a.function)
 
 
 _BAR_KIND = {"io": F.BAR_PIO, "mem32": F.BAR_MMIO32, "mem64": F.BAR_MMIO64}
@@ -67,17 +66,13 @@ def _bar_info(cs: ConfigSpace | None, index: int) -> F.PciBarInfo | None:
     return F.PciBarInfo(_BAR_KIND[bar.kind], index, F.BAR_PREFETCHABLE if bar.prefetchable else 0)
 
 
-def _resources(bdf: str, sysfs: str) -> list[tuple[int, int, int]]:
-    """(start, end, flags) per line of the sysfs ``resource`` file (BARs 0-5, ROM 6, ...)."""
+def _resources(bdf: str, sysfs: str) -> list[KernelResource]:
+    """The sysfs ``resource`` file (BARs 0-5, ROM 6, ...); raises OSError when it
+    cannot be read, :class:`~vfio.errors.InvalidValue` naming the path and line
+    when it is malformed."""
     path = os.path.join(sysfs, bdf, "resource")
-    out = []
     with open(path) as f:
-        for n, line in enumerate(f):
-            try:
-                out.append(tuple(int(x, 16) for x in line.split()[:3]))
-            except ValueError:
-                raise ValueError(f"{path}: line {n + 1} is not 'start end flags': {line.strip()!r}") from None
-    return out
+        return parse_resources(f.read(), path)
 
 
 def _note(source: str, extra: str = "") -> F.Note:
@@ -130,8 +125,8 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str
             bar = _bar_info(cs, index)
             if bar is not None:
                 kids.append(bar)
-            if index < len(resources) and resources[index][0]:
-                addr = resources[index][0]
+            if index < len(resources) and resources[index].start:
+                addr = resources[index].start
                 flags |= F.REGION_PHYS
         if info.is_pci and index == uapi.VFIO_PCI_ROM_REGION_INDEX:
             flags |= F.REGION_ROM
@@ -167,8 +162,7 @@ _MSIX_MAPPABLE_CAP = struct.pack("<HHI", uapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE
 
 def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
     """Record what sysfs shows of a PCI device (see the module docstring for what is missing)."""
-    from ..group import normalize_bdf
-    bdf = normalize_bdf(bdf)
+    bdf = str(PciAddress.parse(bdf))
     ddir = os.path.join(sysfs, bdf)
     if not os.path.isdir(ddir):
         raise VfioError(errno.ENODEV, f"capture of {bdf} from sysfs: no {ddir}")
@@ -188,7 +182,8 @@ def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
     recs: list = [_pci_info(bdf), F.DeviceInfo(vflags, uapi.VFIO_PCI_NUM_REGIONS, uapi.VFIO_PCI_NUM_IRQS)]
     rw = F.REGION_READ | F.REGION_WRITE
     for index in range(uapi.VFIO_PCI_ROM_REGION_INDEX + 1):
-        start, end, rflags = resources[index] if index < len(resources) else (0, 0, 0)
+        r = resources[index] if index < len(resources) else KernelResource(index, 0, 0, 0)
+        start, end, rflags = r.start, r.end, r.flags
         size = end - start + 1 if end else 0
         offset = index << uapi.VFIO_PCI_OFFSET_SHIFT
         if not size:

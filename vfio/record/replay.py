@@ -639,12 +639,10 @@ class ReplayBackend(DeviceBackend):
 
 def open_replay(source, *, name: str | None = None):
     """A :class:`vfio.device.Device` over a :class:`ReplayBackend` (closed with the device)."""
-    from ..device import Device
+    from ..device import Device, Interface
     backend = ReplayBackend(source, name=name)
     try:
-        dev = Device(backend)
+        return Device(backend, interface=Interface.REPLAY)
     except BaseException:
         backend.close()
         raise
-    dev.interface = "replay"
-    return dev
