@@ -16,18 +16,9 @@ from vfio import Interface, uapi
 from vfio.errors import VfioError
 from vfio.record.replay import open_replay
 
-from .test_api_lifecycle import FakeType1
+from .test_api_lifecycle import kernel  # noqa: F401  (the fixture: the stand-in type1 kernel)
 
 RECORDS = os.path.join(os.path.dirname(__file__), "..", "..", "records")
-
-
-@pytest.fixture
-def kernel(monkeypatch):
-    k = FakeType1()
-    monkeypatch.setattr(uapi, "ioctl", k.ioctl)
-    monkeypatch.setattr(os, "open", k.open)
-    monkeypatch.setattr(os, "close", k.close)
-    return k
 
 
 def test_container_opens_its_device_and_hands_it_what_it_owns(kernel):
