@@ -810,9 +810,10 @@ class Assigner:
             for d in plan.devices:
                 rec = state["devices"][d.bdf]
                 rec["status"] = "assigned"
-                where = self._where(d.bdf)
-                if where is not None:
+                try:        # the group may be known only now (an IOMMU that attaches on probe)
                     rec["iommu_group"] = self.host.device(d.bdf).iommu_group
+                except DeviceNotFound:
+                    pass    # gone since the bind: the record stays for release to report
             if plan.devices:
                 st.save(state)
             return plan

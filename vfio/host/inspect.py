@@ -35,7 +35,6 @@ import sys
 
 from .._cli import entry_point
 
-from . import assign as _assign     # interrupted assignments (vfio-assign)
 from .inuse import interfaces_of, usage_of
 from .sysfs import PCI_DEVICES, Host, HostError, PciDevice
 from .viability import VFIO_PCI_DRIVERS, Viability, group_viability
@@ -146,6 +145,12 @@ def device_summary(host: Host, dev: PciDevice, names: Names, viab: dict) -> dict
     }
 
 
+def _interrupted_report(host: Host) -> list:
+    """Devices an interrupted vfio-assign run left half-way (its state file, read only)."""
+    from .assign import interrupted_report     # imported here: device and record views do not need it
+    return interrupted_report(host)
+
+
 def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True) -> dict:
     names = names or Names()
     groups = host.groups()
@@ -162,7 +167,7 @@ def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True)
                    for g in groups],
         "devices": [device_summary(host, d, names, viab) for d in host.devices()],
         # (vfio-assign) devices an interrupted assignment or release left half-way
-        "interrupted_assignments": _assign.interrupted_report(host),
+        "interrupted_assignments": _interrupted_report(host),
     }
 
 
@@ -362,7 +367,8 @@ def render_interfaces(rep: dict, out) -> None:
 
 def render_host(rep: dict, out) -> None:
     render_interfaces(rep, out)
-    _assign.render_interrupted(rep.get("interrupted_assignments"), out)     # (vfio-assign)
+    from .assign import render_interrupted     # only the host listing needs vfio-assign's state
+    render_interrupted(rep.get("interrupted_assignments"), out)
     if not rep["names"]["available"]:
         print(f"({rep['names']['note']})", file=out)
     devs = {d["bdf"]: d for d in rep["devices"]}
