@@ -1,17 +1,44 @@
 #!/usr/bin/env python3
-"""DMA map/unmap cost through the toolkit against a raw ``fcntl.ioctl`` loop doing the same calls.
+"""DMA map+unmap cost through the toolkit against the fastest raw ``fcntl.ioctl`` loop doing the same calls.
 
-Runs inside the harness guest (it needs a device bound to vfio-pci); on a
-built kernel it measures both paths:
+What is timed, per iteration, on one 64 KiB (``--size``) buffer allocated once:
 
-* container (type1): ``Container.map``/``unmap`` (IOVA allocator + bookkeeping +
-  VFIO_IOMMU_MAP_DMA/UNMAP_DMA) against raw MAP_DMA/UNMAP_DMA ioctls;
-* cdev (iommufd): ``IOAS.map``/``unmap`` against raw IOMMU_IOAS_MAP/UNMAP ioctls.
+* toolkit: ``m = space.map(buf); space.unmap(m)`` -- IOVA allocation, the
+  bookkeeping (:class:`vfio.dma.DmaMapping`), the ioctl and its error handling;
+* raw: the same two ioctls on argument structs built once before the loop
+  (``fcntl.ioctl(fd, REQ, st, True)``; same struct, flags, IOVA and size as the
+  toolkit sends), i.e. the least Python can do for a map and an unmap.
 
-The baseline calls ``fcntl.ioctl`` itself (on purpose: it is the thing measured
-against); the structs and numbers come from :mod:`vfio.uapi`.
+Paths (inside the harness guest, with a device bound to vfio-pci):
 
-    tools/vfio-harness --kernel container -- python3 bench/bench_dma.py [--n 2000] [--size 65536]
+* container (type1): ``Container.map``/``unmap`` against raw
+  VFIO_IOMMU_MAP_DMA/UNMAP_DMA;
+* cdev (iommufd IOAS): ``IOAS.map``/``unmap`` against raw
+  IOMMU_IOAS_MAP/UNMAP (when the kernel offers the VFIO cdev).
+
+Rounds of toolkit and raw loops are interleaved (the order alternating each
+round) so that drifts of a shared, emulated machine hit both alike; the output
+is the median and the min-max of the per-round ratios, and the median
+microseconds per map+unmap of each.  Rounds are short (10 pairs) and many (301)
+by default: a host that deschedules the guest spoils a few rounds, which the
+median leaves out.
+
+``--breakdown`` adds, each against the raw loop: the DmaSpace primitives alone
+(``_map``/``_unmap`` at a fixed IOVA), the raw loop plus an IOVA alloc/free, and
+the raw loop plus eight empty Python calls -- the calibration that says what a
+Python-level call costs in this guest (under QEMU TCG, several microseconds).
+
+``--host`` needs no device: the kernel call is replaced by a no-op function on
+both sides (a Container and an IOAS on ``/dev/null``, ioctls never reaching the
+kernel), so what is left is the Python cost alone: the toolkit's overhead in
+nanoseconds per map+unmap over the raw loop's.
+
+    tools/vfio-harness --kernel container -- python3 bench/bench_dma.py [--n 10] [--rounds 301] [--breakdown]
+    tools/vfio-harness --kernel iommufd-container -- python3 bench/bench_dma.py
+    python3 bench/bench_dma.py --host [--n 20000] [--rounds 21]
+
+The built ``container`` kernel offers both the type1 container and the VFIO
+cdev; on ``iommufd-container`` the container is iommufd's emulation of type1.
 """
 
 from __future__ import annotations
@@ -21,80 +48,216 @@ import ctypes
 import fcntl
 import glob
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from timing import best  # noqa: E402
 import vfio  # noqa: E402
 from vfio import uapi  # noqa: E402
-
+from vfio.container import Container, IommuInfo  # noqa: E402
+from vfio.iommufd import IOAS  # noqa: E402
 
 
 def first_vfio_bdf():
     for link in sorted(glob.glob("/sys/bus/pci/drivers/vfio-pci/0000:*")):
         return os.path.basename(link)
-    raise SystemExit("no device bound to vfio-pci (run inside tools/vfio-harness)")
+    raise SystemExit("no device bound to vfio-pci (run inside tools/vfio-harness, or use --host)")
 
 
-def run(space, raw_map, raw_unmap, n, size, repeat, label):
-    buf = vfio.DmaBuffer(size)
-    iova = space.allocator.alloc(size)          # the raw loop's own fixed IOVA
+def raw_container(fd, vaddr, iova, size, ioctl):
+    """The raw type1 loop body's structs, built once: MAP_DMA READ|WRITE, UNMAP_DMA."""
+    m = uapi.vfio_iommu_type1_dma_map(ctypes.sizeof(uapi.vfio_iommu_type1_dma_map),
+                                      uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE, vaddr, iova, size)
+    u = uapi.vfio_iommu_type1_dma_unmap(ctypes.sizeof(uapi.vfio_iommu_type1_dma_unmap), 0, iova, size)
+    rm, ru = uapi.VFIO_IOMMU_MAP_DMA, uapi.VFIO_IOMMU_UNMAP_DMA
+
+    def raw(n):
+        for _ in range(n):
+            ioctl(fd, rm, m, True)
+            ioctl(fd, ru, u, True)
+    return raw
+
+
+def raw_ioas(fd, ioas_id, vaddr, iova, size, ioctl):
+    """The raw IOAS loop body's structs, built once: IOAS_MAP FIXED_IOVA|READABLE|WRITEABLE, IOAS_UNMAP."""
+    m = uapi.iommu_ioas_map(size=ctypes.sizeof(uapi.iommu_ioas_map), ioas_id=ioas_id, user_va=vaddr, length=size,
+                            iova=iova, flags=uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE
+                            | uapi.IOMMU_IOAS_MAP_WRITEABLE)
+    u = uapi.iommu_ioas_unmap(size=ctypes.sizeof(uapi.iommu_ioas_unmap), ioas_id=ioas_id, iova=iova, length=size)
+    rm, ru = uapi.IOMMU_IOAS_MAP, uapi.IOMMU_IOAS_UNMAP
+
+    def raw(n):
+        for _ in range(n):
+            ioctl(fd, rm, m, True)
+            ioctl(fd, ru, u, True)
+    return raw
+
+
+def toolkit_loop(space, buf):
+    mp, um = space.map, space.unmap
+
+    def ours(n):
+        for _ in range(n):
+            um(mp(buf))
+    return ours
+
+
+def interleaved(ours, raw, n, rounds):
+    """Per-round (toolkit, raw) seconds for ``n`` iterations each, the order alternating."""
+    out = []
+    for r in range(rounds):
+        pair = {}
+        for name, fn in ((("ours", ours), ("raw", raw)) if r % 2 == 0 else (("raw", raw), ("ours", ours))):
+            t0 = time.perf_counter()
+            fn(n)
+            pair[name] = time.perf_counter() - t0
+        out.append((pair["ours"], pair["raw"]))
+    return out
+
+
+def report(label, rounds, n, host=False):
+    ratios = sorted(o / r for o, r in rounds)
+    t_ours = statistics.median(o for o, _ in rounds) / n
+    t_raw = statistics.median(r for _, r in rounds) / n
+    base = "raw fcntl.ioctl on prebuilt structs" + (" (kernel call: a no-op function)" if host else "")
+    extra = f", toolkit overhead {(t_ours - t_raw) * 1e9:.0f} ns" if host else ""
+    print(f"{label}: toolkit {t_ours * 1e6:.2f} us/map+unmap, baseline {base} {t_raw * 1e6:.2f} us{extra}; "
+          f"ratio median {statistics.median(ratios):.2f}x (min {ratios[0]:.2f}, max {ratios[-1]:.2f}, "
+          f"{len(ratios)} rounds of {n})")
+    return statistics.median(ratios)
+
+
+def breakdown_loops(space, buf, iova, raw_fn):
+    """Where the toolkit's time goes: each layer added to the raw loop on its own."""
+    size, vaddr = buf.size, buf.vaddr
+    prim_map, prim_unmap = space._map, space._unmap
+    alloc = space.allocator
+
+    def primitives(n):          # the DmaSpace primitives at the raw loop's IOVA: no allocator, no bookkeeping
+        for _ in range(n):
+            prim_map(vaddr, iova, size, True, True)
+            prim_unmap(iova, size)
+
+    def raw_plus_allocator(n):  # the raw ioctls, then an IOVA allocated and freed (the same one)
+        a, f = alloc.alloc, alloc.free
+        for _ in range(n):
+            raw_fn(1)
+            f(a(size))
+    def nop(*args):
+        pass
+
+    def raw_plus_calls(n):      # calibration: the raw ioctls and 8 empty Python calls per map+unmap
+        ioctl = raw_fn
+        for _ in range(n):
+            nop(); nop(1); nop(1, 2); nop(1, 2, 3)
+            ioctl(1)
+            nop(); nop(1); nop(1, 2); nop(1, 2, 3)
+    return [("DmaSpace primitives (_map/_unmap)", primitives), ("raw + IovaAllocator alloc/free", raw_plus_allocator),
+            ("raw + 8 empty Python calls", raw_plus_calls)]
+
+
+def bench(label, space, fd, make_raw, a, host=False):
+    buf = vfio.DmaBuffer(a.size)
     try:
-        def ours():
-            for _ in range(n):
-                space.unmap(space.map(buf))
-
-        def raw():
-            for _ in range(n):
-                raw_map(buf.vaddr, iova, size)
-                raw_unmap(iova, size)
-        t_ours, t_raw = best(ours, repeat), best(raw, repeat)
+        probe = space.map(buf)              # the IOVA the toolkit picks: the raw loop uses the same
+        iova = probe.iova
+        space.unmap(probe)
+        ours = toolkit_loop(space, buf)
+        raw = make_raw(fd, buf.vaddr, iova, buf.size)
+        ours(a.n // 10 or 1)                # warm both paths (first pinning, caches)
+        raw(a.n // 10 or 1)
+        if a.breakdown:
+            for name, fn in breakdown_loops(space, buf, iova, raw):
+                fn(a.n // 10 or 1)
+                report(f"{label} [{name}]", interleaved(fn, raw, a.n, a.rounds), a.n, host)
+        return report(label, interleaved(ours, raw, a.n, a.rounds), a.n, host)
     finally:
-        space.allocator.free(iova)
         buf.close()
-    print(f"{label}: toolkit {t_ours / n * 1e6:.1f} us/map+unmap, raw ioctl {t_raw / n * 1e6:.1f} us, "
-          f"ratio {t_ours / t_raw:.2f}x")
+
+
+def guest(a):
+    bdf = a.bdf or first_vfio_bdf()
+    ioctl = fcntl.ioctl
+    with vfio.open_pci_device(bdf, interface="container") as dev:
+        c = dev.container
+        bench("container (type1)", c, c.fd, lambda fd, va, iova, size: raw_container(fd, va, iova, size, ioctl), a)
+    if vfio.available_interfaces()["cdev"]:
+        with vfio.open_pci_device(bdf, interface="cdev") as dev:
+            ioas = dev.ioas
+            bench("cdev (iommufd IOAS)", ioas, dev.iommufd.fd,
+                  lambda fd, va, iova, size: raw_ioas(fd, ioas.id, va, iova, size, ioctl), a)
+    else:
+        print("cdev (iommufd IOAS): not offered by this kernel")
+
+
+class _HostContainer(Container):
+    """A type1 container whose fd is /dev/null and whose IOMMU model is taken as set (--host only)."""
+
+    def __init__(self):     # noqa: the real __init__ opens /dev/vfio/vfio
+        super(Container, self).__init__()
+        self.path, self.groups = "/dev/null (host bench)", []
+        self.fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        self.iommu_type = uapi.VFIO_TYPE1v2_IOMMU
+        self._info = IommuInfo(0, 0x1000, ((0, 0xFEDFFFFF), (0xFEF00000, (1 << 39) - 1)), None, None)
+
+    def iova_ranges(self) -> list:
+        return list(self._info.iova_ranges)
+
+
+class _HostIOAS(IOAS):
+    """An IOAS of an "iommufd" on /dev/null (--host only)."""
+
+    def __init__(self, holder):
+        super().__init__(holder, 1)
+        self._ranges, self.alignment = [(0, 0xFEDFFFFF), (0xFEF00000, (1 << 39) - 1)], 0x1000
+
+    def iova_ranges(self) -> list:
+        return list(self._ranges)
+
+
+def host(a):
+    # both sides' kernel call is the same no-op: fcntl.ioctl is swapped for the run
+    real = fcntl.ioctl
+
+    def noop(fd, request, arg=0, mutate=True):
+        return 0
+    fcntl.ioctl = noop
+    try:
+        with _HostContainer() as c:
+            bench("container (type1), host", c, c.fd,
+                  lambda fd, va, iova, size: raw_container(fd, va, iova, size, noop), a, host=True)
+        fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            holder = vfio.iommufd.IommuFD.__new__(vfio.iommufd.IommuFD)
+            holder.path, holder.fd, holder._objects = "/dev/null (host bench)", fd, []
+            ioas = _HostIOAS(holder)
+            bench("cdev (iommufd IOAS), host", ioas, fd,
+                  lambda fd, va, iova, size: raw_ioas(fd, ioas.id, va, iova, size, noop), a, host=True)
+        finally:
+            os.close(fd)
+    finally:
+        fcntl.ioctl = real
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--size", type=int, default=0x10000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, help="map+unmap pairs per round (default 10 in the guest, 20000 with --host)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds of each (default 301 in the guest, 21 with --host)")
+    ap.add_argument("--size", type=int, default=0x10000, help="buffer size in bytes (default 64 KiB)")
+    ap.add_argument("--host", action="store_true", help="no device: Python cost only, kernel call a no-op")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the DmaSpace primitives alone and the raw loop plus the IOVA allocator")
     ap.add_argument("--bdf")
     a = ap.parse_args(argv)
-    bdf = a.bdf or first_vfio_bdf()
-
-    with vfio.open_pci_device(bdf, interface="container") as dev:
-        c = dev.container
-
-        def m(vaddr, iova, size):
-            st = uapi.vfio_iommu_type1_dma_map(ctypes.sizeof(uapi.vfio_iommu_type1_dma_map), 3, vaddr, iova, size)
-            fcntl.ioctl(c.fd, uapi.VFIO_IOMMU_MAP_DMA, st, True)
-
-        def u(iova, size):
-            st = uapi.vfio_iommu_type1_dma_unmap(ctypes.sizeof(uapi.vfio_iommu_type1_dma_unmap), 0, iova, size)
-            fcntl.ioctl(c.fd, uapi.VFIO_IOMMU_UNMAP_DMA, st, True)
-        run(c, m, u, a.n, a.size, a.repeat, "container (type1)")
-
-    if vfio.available_interfaces()["cdev"]:
-        with vfio.open_pci_device(bdf, interface="cdev") as dev:
-            ioas, fd = dev.ioas, dev.iommufd.fd
-
-            def m2(vaddr, iova, size):
-                st = uapi.iommu_ioas_map(size=ctypes.sizeof(uapi.iommu_ioas_map), flags=7, ioas_id=ioas.id,
-                                         user_va=vaddr, length=size, iova=iova)
-                fcntl.ioctl(fd, uapi.IOMMU_IOAS_MAP, st, True)
-
-            def u2(iova, size):
-                st = uapi.iommu_ioas_unmap(size=ctypes.sizeof(uapi.iommu_ioas_unmap), ioas_id=ioas.id,
-                                           iova=iova, length=size)
-                fcntl.ioctl(fd, uapi.IOMMU_IOAS_UNMAP, st, True)
-            run(ioas, m2, u2, a.n, a.size, a.repeat, "cdev (iommufd IOAS)")
-    else:
-        print("cdev (iommufd IOAS): not offered by this kernel")
+    if a.n is None:
+        a.n = 20000 if a.host else 10
+    if a.rounds is None:
+        a.rounds = 21 if a.host else 301
+    if a.n < 1 or a.rounds < 1 or a.size < 1:
+        ap.error("--n, --rounds and --size must be positive")
+    (host if a.host else guest)(a)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 
@@ -13,3 +14,24 @@ def best(fn, repeat: int) -> float:
         fn()
         t.append(time.perf_counter() - t0)
     return min(t)
+
+
+def best_interleaved(fns, repeat: int) -> list[float]:
+    """The shortest of ``repeat`` runs of each of ``fns``, run in turn (a, b, a, b, ...)
+    so that a burst of load from other processes on a shared machine hits every
+    function alike and the ratios between them stay fair; in seconds, in order.
+    The garbage collector is off while timing (as ``timeit`` does): when it runs
+    depends on all allocations so far, not on the function being timed."""
+    t = [[] for _ in fns]
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for i, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                fn()
+                t[i].append(time.perf_counter() - t0)
+    finally:
+        if was_on:
+            gc.enable()
+    return [min(x) for x in t]

@@ -1,4 +1,7 @@
-"""Test-suite wide policy for tests that need the real kernel.
+"""Test-suite wide policy for tests that need the real kernel, and the one
+place the suite's markers are declared (:data:`MARKERS`, registered with pytest
+here; pyproject.toml lists none) and given (:data:`FIXTURE_MARKERS`).  Paths
+to the repository's parts are in tests/paths.py.
 
 Tests marked ``kernel``, ``cdev``, ``noiommu``, ``iommufd_container``,
 ``native_drivers`` or ``virtio_iommu`` need the real vfio-pci driver and only pass inside the QEMU guest that
@@ -23,8 +26,32 @@ import os
 
 import pytest
 
-#: Markers of tests that need the real kernel (see pyproject's marker list).
-KERNEL_MARKERS = ("kernel", "cdev", "noiommu", "iommufd_container", "native_drivers", "virtio_iommu")
+#: Every marker the suite uses, the one place they are declared (registered with
+#: pytest in :func:`pytest_configure`): name -> (meaning, whether a test carrying it
+#: needs the real kernel).  tools/run-kernel-tests's legs select by these names.
+MARKERS = {
+    "kernel": ("needs the real vfio-pci driver (runs inside the QEMU guest harness, tools/vfio-harness)", True),
+    "cdev": ("needs the iommufd VFIO cdev path (built kernel only)", True),
+    "noiommu": ("needs a no-IOMMU group (built kernel with vfio.enable_unsafe_noiommu_mode=1)", True),
+    "iommufd_container": ("needs the legacy container API served by iommufd (IOMMUFD_VFIO_CONTAINER kernel)", True),
+    "native_drivers": ("needs nvme/e1000e started on their own guest drivers (the host-tools leg)", True),
+    "virtio_iommu": ("needs a guest whose IOMMU is virtio-iommu-pci (the virtio-iommu leg: edu on vfio-pci, "
+                     "nvme/e1000e on their own drivers)", True),
+    "vfio_nvme": ("uses the nvme_bdf fixture, so needs nvme bound to vfio-pci; given automatically "
+                  "(FIXTURE_MARKERS in tests/conftest.py)", False),
+    "qemu_trace": ("reads QEMU's memory trace of the guest's own accesses (the memwidth leg: "
+                   "--qemu-trace 'memory_region_ops_*', edu and virtio-rng on vfio-pci)", True),
+    "arm64": ("describes the arm64 guest (the arm64 leg: tools/vfio-harness --arch arm64, QEMU virt "
+              "with SMMUv3); x86 legs deselect it", True),
+}
+
+#: Markers of tests that need the real kernel.
+KERNEL_MARKERS = tuple(name for name, (_, kernel) in MARKERS.items() if kernel)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, (meaning, _) in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
 
 
 def in_harness_guest() -> bool:
@@ -39,7 +66,18 @@ def needs_kernel(item: pytest.Item) -> bool:
 _deselected_key = pytest.StashKey[int]()
 
 
+#: Markers given at collection to every test that uses a fixture: fixture -> marker.
+#: ``nvme_bdf`` (tests/kernel/conftest.py) needs nvme on vfio-pci, so a leg that leaves
+#: nvme on its own driver deselects those tests with ``-m "... and not vfio_nvme"``.
+FIXTURE_MARKERS = {"nvme_bdf": "vfio_nvme"}
+
+
+@pytest.hookimpl(tryfirst=True)   # the markers are given before -m deselects on them
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
     if in_harness_guest() or config.getoption("markexpr"):
         return
     keep, drop = [], []

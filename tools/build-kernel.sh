@@ -1,5 +1,5 @@
 #!/bin/bash
-# tools/build-kernel.sh VARIANT      VARIANT = container | iommufd-container
+# tools/build-kernel.sh VARIANT      VARIANT = container | iommufd-container | arm64
 #
 # Builds the small monolithic guest kernel that tools/vfio-harness boots for the
 # legs Debian's stock kernel cannot serve: Debian builds without CONFIG_IOMMUFD,
@@ -10,6 +10,12 @@
 #   iommufd-container  legacy container API served by iommufd (IOMMUFD_VFIO_CONTAINER)
 # Both also have iommufd + cdev + no-IOMMU mode, virtio-9p/overlay for the harness
 # root, and the native nvme/e1000e drivers.
+#   arm64              cross-built (aarch64-linux-gnu-gcc) arm64 kernel for QEMU's
+#                      virt machine with SMMUv3, vfio-pci and vfio-platform
+#                      (tools/kernel/arm64.config alone); built in its own copy of
+#                      the source tree (src/arm64/) so it never clobbers the x86
+#                      objects, and under its own lock; the file printed is an
+#                      arm64 Image instead of a bzImage.
 #
 # Source: Debian's linux-source-6.12 tarball (/usr/src), unpacked once.  Config:
 # `make tinyconfig` + tools/kernel/base.config + tools/kernel/VARIANT.config,
@@ -33,13 +39,21 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 variant=${1:-}
 case "$variant" in
     container|iommufd-container) ;;
-    *) echo "usage: $0 container|iommufd-container" >&2; exit 2 ;;
+    arm64) ;;
+    *) echo "usage: $0 container|iommufd-container|arm64" >&2; exit 2 ;;
 esac
 
 tarball=${VFIO_KERNEL_SRC_TARBALL:-/usr/src/linux-source-6.12.tar.xz}
 cache=${VFIO_KERNEL_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/vfio-toolkit/kernels}
 jobs=${VFIO_KERNEL_JOBS:-$(nproc)}
 frags=("$here/kernel/base.config" "$here/kernel/$variant.config")
+# per-architecture: make's ARCH and CROSS_COMPILE, the image target and file
+karch=x86_64 cross="" target=bzImage image=arch/x86/boot/bzImage lockname=.lock treesub=""
+if [ "$variant" = arm64 ]; then
+    frags=("$here/kernel/arm64.config")
+    karch=arm64 cross=aarch64-linux-gnu- target=Image image=arch/arm64/boot/Image lockname=.lock-arm64 treesub=arm64/
+    command -v ${cross}gcc >/dev/null || { echo "build-kernel: ${cross}gcc missing (apt-get install gcc-aarch64-linux-gnu, or run tools/setup.sh)" >&2; exit 1; }
+fi
 log() { echo "build-kernel: $*" >&2; }
 
 [ -r "$tarball" ] || { log "kernel source $tarball not found (apt-get install linux-source-6.12, or run tools/setup.sh)"; exit 1; }
@@ -49,26 +63,27 @@ for f in "${frags[@]}"; do [ -r "$f" ] || { log "config fragment $f missing"; ex
 # cost seconds); a new Debian source package changes all three.
 src_id=$(stat -c '%n %s %Y' "$tarball")
 # sed, not head: head exits early, gcc gets SIGPIPE and pipefail would make the key racy
-cc_id=$(gcc --version 2>/dev/null | sed -n 1p)
+cc_id=$(${cross}gcc --version 2>/dev/null | sed -n 1p)
 key=$( { printf '%s\n%s\n%s\n' "$variant" "$src_id" "$cc_id"; cat "${frags[@]}"; } | sha256sum | cut -c1-16)
 out=$cache/$variant-$key
-if [ -s "$out/bzImage" ] && [ "${VFIO_KERNEL_FORCE:-0}" != 1 ]; then
-    log "cached: $out/bzImage"
-    echo "$out/bzImage"
+if [ -s "$out/$target" ] && [ "${VFIO_KERNEL_FORCE:-0}" != 1 ]; then
+    log "cached: $out/$target"
+    echo "$out/$target"
     exit 0
 fi
 
 mkdir -p "$cache"
 # One build at a time per cache: the variants share one tree and one .config.
-exec 9> "$cache/.lock"
+exec 9> "$cache/$lockname"
 flock 9
 # Another invocation may have finished the same build while we waited.
-if [ -s "$out/bzImage" ] && [ "${VFIO_KERNEL_FORCE:-0}" != 1 ]; then
-    log "cached: $out/bzImage"; echo "$out/bzImage"; exit 0
+if [ -s "$out/$target" ] && [ "${VFIO_KERNEL_FORCE:-0}" != 1 ]; then
+    log "cached: $out/$target"; echo "$out/$target"; exit 0
 fi
 
 # ---- source tree (unpacked once per tarball) --------------------------------
-srcroot=$cache/src
+srcroot=$cache/src/$treesub
+srcroot=${srcroot%/}
 tree=$srcroot/$(basename "$tarball" .tar.xz)
 if [ "$(cat "$tree/.vfio-source-id" 2>/dev/null)" != "$src_id" ]; then
     log "unpacking $tarball into $srcroot"
@@ -100,9 +115,10 @@ apply_fragments() {
     (cd "$tree" && scripts/config "${args[@]}")
 }
 cd "$tree"
-make ARCH=x86_64 tinyconfig >/dev/null
-apply_fragments; make ARCH=x86_64 olddefconfig >/dev/null
-apply_fragments; make ARCH=x86_64 olddefconfig >/dev/null
+mk=(make ARCH="$karch" ${cross:+CROSS_COMPILE="$cross"})
+"${mk[@]}" tinyconfig >/dev/null
+apply_fragments; "${mk[@]}" olddefconfig >/dev/null
+apply_fragments; "${mk[@]}" olddefconfig >/dev/null
 
 # Every option a fragment asks for must have survived olddefconfig: a symbol whose
 # dependency is missing is silently dropped by Kconfig, and the guest would then
@@ -122,17 +138,17 @@ if [ ${#missing[@]} -ne 0 ]; then
 fi
 
 # ---- build ----------------------------------------------------------------------
-log "building $variant kernel (make -j$jobs bzImage) in $tree; log in $cache/$variant-$key.log"
+log "building $variant kernel (make -j$jobs $target) in $tree; log in $cache/$variant-$key.log"
 t0=$SECONDS
-if ! make ARCH=x86_64 -j"$jobs" bzImage > "$cache/$variant-$key.log" 2>&1; then
+if ! "${mk[@]}" -j"$jobs" "$target" > "$cache/$variant-$key.log" 2>&1; then
     tail -n 40 "$cache/$variant-$key.log" >&2
     log "build failed; full log: $cache/$variant-$key.log"
     exit 1
 fi
 log "built in $((SECONDS - t0)) s"
 tmpout=$(mktemp -d "$cache/.out.XXXXXX")
-cp arch/x86/boot/bzImage "$tmpout/bzImage"
+cp "$image" "$tmpout/$target"
 cp .config "$tmpout/config"
 mv "$cache/$variant-$key.log" "$tmpout/build.log"
 rm -rf "$out"; mv "$tmpout" "$out"
-echo "$out/bzImage"
+echo "$out/$target"

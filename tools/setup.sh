@@ -8,6 +8,9 @@
 #    costs a second.  Otherwise: one `apt-get update`, then
 #    `apt-get install --no-install-recommends`; INITRD=No because the harness
 #    brings its own initramfs and Debian's would only cost time.
+#    The arm64 leg (tools/vfio-harness --arch arm64) adds qemu-system-arm, the
+#    aarch64 cross toolchain (tools/build-kernel.sh arm64) and dpkg's arm64
+#    architecture, from which tools/arm64-rootfs downloads its guest packages.
 # 2. `pip install -e '.[test]'` with the python3 on PATH (inside a venv if one
 #    is active), skipped when this tree is already installed that way and
 #    pyproject.toml has not changed since.
@@ -21,11 +24,17 @@ t0=$SECONDS
 pkgs=(qemu-system-x86 busybox-static cpio xz-utils zstd linux-image-6.12.117+deb12-amd64
       linux-libc-dev linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev
       pciutils libudev1 pci.ids gcc)
+# arm64 leg: QEMU's virt machine, the cross compiler for its kernel
+pkgs+=(qemu-system-arm gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu)
 missing=()
 for p in "${pkgs[@]}"; do
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
+# tools/arm64-rootfs runs `apt-get download PKG:arm64`: apt needs the architecture
+# and its package lists (an apt-get update after adding it).
+have_arm64=1
+dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || have_arm64=0
+if [ ${#missing[@]} -eq 0 ] && [ "$have_arm64" = 1 ]; then
     log "Debian packages: all ${#pkgs[@]} installed"
 else
     sudo=()
@@ -33,11 +42,17 @@ else
         command -v sudo >/dev/null || { log "need root to install: ${missing[*]}"; exit 1; }
         sudo=(sudo -n)
     fi
-    log "installing: ${missing[*]}"
+    if [ "$have_arm64" = 0 ]; then
+        log "adding dpkg architecture arm64 (for tools/arm64-rootfs)"
+        "${sudo[@]}" dpkg --add-architecture arm64
+    fi
     export DEBIAN_FRONTEND=noninteractive INITRD=No
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q < /dev/null
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive INITRD=No \
-        apt-get install -y -q --no-install-recommends "${missing[@]}" < /dev/null
+    if [ ${#missing[@]} -ne 0 ]; then
+        log "installing: ${missing[*]}"
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive INITRD=No \
+            apt-get install -y -q --no-install-recommends "${missing[@]}" < /dev/null
+    fi
 fi
 
 # ---- Python package -----------------------------------------------------------

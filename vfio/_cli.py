@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import functools
 import os
-import select
-import signal
 import sys
 import warnings
+
+# select and signal are imported where they are used: only on the way out through a
+# closed pipe, so every command's start-up does not pay for them
 
 EXIT_INTERRUPTED = 130
 
@@ -42,6 +43,7 @@ def stdout_reader_gone(fd: int = 1) -> bool:
 
     poll(2) reports POLLERR on the writing end of a pipe without readers, so
     this is answered without writing anything."""
+    import select
     try:
         p = select.poll()
         p.register(fd, select.POLLOUT)
@@ -55,6 +57,7 @@ def die_of_sigpipe() -> None:
 
     stdout is pointed at /dev/null first so that nothing buffered is written
     (and fails again) while the interpreter shuts down."""
+    import signal
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

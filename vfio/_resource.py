@@ -1,4 +1,7 @@
-"""Ownership of fds and mappings: every owning object is a context manager over its close()."""
+"""Ownership of fds: every owning object is a context manager over its close().
+
+(Mappings are owned through :mod:`vfio.memory`, whose ``release`` closes one.)
+"""
 
 import os
 
@@ -45,23 +48,6 @@ class OwnedFd(Resource):
         finally:
             fd, self.fd = self.fd, -1
             os.close(fd)
-
-
-def release_mmap(mm) -> None:
-    """Close an ``mmap.mmap`` the caller is giving up, even while a view still refers to it.
-
-    ``mmap.close()`` raises ``BufferError`` while a memoryview or a ctypes object
-    made with ``from_buffer`` still exports the mapping (a caller's
-    ``host_address``/``view()``).  Swallowing it is safe: the mmap object is not
-    unmapped then -- the exporting view holds a reference to it, and CPython
-    unmaps it only when the last view is released -- so no pointer is left
-    dangling; the owner just stops referring to it.  What had to happen before
-    (the DMA unmap from the IOMMU, the device fd's close) does not depend on it.
-    """
-    try:
-        mm.close()
-    except BufferError:
-        pass
 
 
 class Shared(Resource):

@@ -84,3 +84,8 @@ class PciAddress:
 
     def __str__(self) -> str:
         return f"{self.slot}.{self.function:x}"
+
+
+def normalize_bdf(bdf: str) -> str:
+    """'00:04.0' -> '0000:00:04.0'; anything else malformed is a ValueError naming it."""
+    return str(PciAddress.parse(bdf))

@@ -25,12 +25,18 @@ from dataclasses import dataclass
 
 from . import uapi
 from .device import Interface
-from .dma import DmaSpace
-from .errors import UnsafeOperationError, VfioError, wrap_oserror
+from .dma import DmaSpace, IoctlArgs
+from .errors import UnsafeOperationError, VfioError
 from .group import Group, group_path_of, normalize_bdf
 from ._resource import OwnedFd, Shared
 
 CONTAINER_PATH = "/dev/vfio/vfio"
+
+# the DMA primitives' constants and reusable argument structs (see Container._map)
+_MAP = IoctlArgs(uapi.vfio_iommu_type1_dma_map)
+_UNMAP = IoctlArgs(uapi.vfio_iommu_type1_dma_unmap)
+_MAP_DMA, _UNMAP_DMA = uapi.VFIO_IOMMU_MAP_DMA, uapi.VFIO_IOMMU_UNMAP_DMA
+_READ, _WRITE, _NOIOMMU = uapi.VFIO_DMA_MAP_FLAG_READ, uapi.VFIO_DMA_MAP_FLAG_WRITE, uapi.VFIO_NOIOMMU_IOMMU
 
 
 class NoIommuWarning(UserWarning):
@@ -73,10 +79,7 @@ class Container(OwnedFd, DmaSpace, Shared):
         self.iommu_type: int | None = None
         self.groups: list = []
         self._info: IommuInfo | None = None
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise wrap_oserror(e, f"open VFIO container {path}") from None
+        self.fd = uapi.open_node(path, os.O_RDWR | os.O_CLOEXEC, f"open VFIO container {path}")
         try:
             v = uapi.ioctl(self.fd, uapi.VFIO_GET_API_VERSION, 0, f"VFIO_GET_API_VERSION on {path}")
             if v != uapi.VFIO_API_VERSION:
@@ -186,19 +189,35 @@ class Container(OwnedFd, DmaSpace, Shared):
     def min_page_size(self) -> int:
         return (self._info or self.iommu_info()).min_page_size or 4096
 
+    # The two primitives are the hot path of DmaSpace.map/unmap: a spare argument struct
+    # filled in one pack_into (a value a field cannot hold is refused), no error text
+    # unless the kernel says no.
     def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
-        self._require_iommu("VFIO_IOMMU_MAP_DMA")
-        flags = (uapi.VFIO_DMA_MAP_FLAG_READ if readable else 0) | (uapi.VFIO_DMA_MAP_FLAG_WRITE if writable else 0)
-        st = uapi.vfio_iommu_type1_dma_map(ctypes.sizeof(uapi.vfio_iommu_type1_dma_map), flags, vaddr, iova, size)
-        uapi.ioctl(self._fd(), uapi.VFIO_IOMMU_MAP_DMA, st,
-                   self._what(f"VFIO_IOMMU_MAP_DMA iova {iova:#x} size {size:#x}"))
+        t = self.iommu_type
+        if t is None or t == _NOIOMMU:
+            self._require_iommu("VFIO_IOMMU_MAP_DMA")
+        fd = self.fd
+        if fd < 0:
+            self._fd()                      # raises EBADF naming the container
+        try:
+            _MAP.call(fd, _MAP_DMA, ((_READ if readable else 0) | (_WRITE if writable else 0), vaddr, iova, size))
+        except VfioError as e:
+            raise VfioError(e.errno, self._dma_what("VFIO_IOMMU_MAP_DMA", iova, size)) from None
 
     def _unmap(self, iova: int, size: int) -> int:
-        self._require_iommu("VFIO_IOMMU_UNMAP_DMA")
-        st = uapi.vfio_iommu_type1_dma_unmap(ctypes.sizeof(uapi.vfio_iommu_type1_dma_unmap), 0, iova, size)
-        uapi.ioctl(self._fd(), uapi.VFIO_IOMMU_UNMAP_DMA, st,
-                   self._what(f"VFIO_IOMMU_UNMAP_DMA iova {iova:#x} size {size:#x}"))
-        return st.size
+        t = self.iommu_type
+        if t is None or t == _NOIOMMU:
+            self._require_iommu("VFIO_IOMMU_UNMAP_DMA")
+        fd = self.fd
+        if fd < 0:
+            self._fd()
+        try:
+            return _UNMAP.call(fd, _UNMAP_DMA, (0, iova, size), "size")
+        except VfioError as e:
+            raise VfioError(e.errno, self._dma_what("VFIO_IOMMU_UNMAP_DMA", iova, size)) from None
+
+    def _dma_what(self, op: str, iova: int, size: int) -> str:
+        return self._what(f"{op} iova {iova:#x} size {size:#x}")
 
     def map_dma(self, vaddr: int, iova: int, size: int, readable: bool = True, writable: bool = True) -> None:
         """Raw MAP_DMA of caller-owned memory (no bookkeeping); prefer :meth:`map`/:meth:`alloc`."""

@@ -30,9 +30,10 @@ from . import uapi
 from .backend import DeviceBackend
 from .errors import InvalidValue, RegionAccessError, VfioError, wrap_oserror
 from .irq import EventFd, close_eventfds
-from ._resource import OwnedFd, Resource, release_mmap
+from . import memory
+from ._resource import OwnedFd, Resource
 
-PAGE_SIZE = mmap.PAGESIZE
+PAGE_SIZE = memory.PAGE_SIZE
 
 # ---------------------------------------------------------------------------------------
 # Kernel backend
@@ -116,10 +117,8 @@ class KernelBackend(OwnedFd, DeviceBackend):
         return n
 
     def mmap(self, offset: int, length: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> mmap.mmap:
-        try:
-            return mmap.mmap(self._fd("mmap"), length, mmap.MAP_SHARED, prot, offset=offset)
-        except OSError as e:
-            raise wrap_oserror(e, f"mmap {length:#x} bytes at {offset:#x} on {self.name}") from None
+        return memory.map_fd(self._fd("mmap"), length, offset, prot,
+                             f"mmap {length:#x} bytes at {offset:#x} on {self.name}")
 
     def fileno(self) -> int:
         return self.fd
@@ -299,19 +298,6 @@ class HotResetInfo:
 # ---------------------------------------------------------------------------------------
 
 _WIDTH_FMT = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
-_CTYPE = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
-
-
-def _chunks(offset: int, length: int):
-    """Split an access into naturally aligned pieces of 8/4/2/1 bytes (as the kernel's
-    vfio-pci do_io_rw does), so bulk copies never become byte-wise device accesses."""
-    end = offset + length
-    while offset < end:
-        for w in (8, 4, 2, 1):
-            if offset % w == 0 and offset + w <= end:
-                yield offset, w
-                offset += w
-                break
 
 
 class Region(Resource):
@@ -320,6 +306,7 @@ class Region(Resource):
 
     ``map()`` gives the mmap'ed view (:class:`MappedRegion`) for fast MMIO;
     ``close()`` (or leaving a ``with`` block) unmaps every view made from it.
+    A value that does not fit an accessor's width raises :class:`InvalidValue`.
     """
 
     def __init__(self, device: "Device", info: RegionInfo):
@@ -332,15 +319,17 @@ class Region(Resource):
     def __repr__(self) -> str:
         return f"Region({self.device.name} index {self.index}, size {self.size:#x}, flags {self.info.flags:#x})"
 
+    @property
+    def _what(self) -> str:
+        return f"region {self.index} of {self.device.name}"
+
     def _check(self, offset: int, length: int, write: bool) -> None:
         if self.device.closed:
-            raise RegionAccessError(f"region {self.index} of {self.device.name}: the device is closed")
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise RegionAccessError(f"region {self.index} of {self.device.name}: access of {length} bytes "
-                                    f"at {offset:#x} is outside its {self.size:#x} bytes")
+            raise RegionAccessError(f"{self._what}: the device is closed")
+        memory.check_span(offset, length, self.size, self._what)
         need, word = (self.info.writable, "writable") if write else (self.info.readable, "readable")
         if not need:
-            raise RegionAccessError(f"region {self.index} of {self.device.name} is not {word}")
+            raise RegionAccessError(f"{self._what} is not {word}")
 
     def read(self, offset: int, length: int) -> bytes:
         self._check(offset, length, False)
@@ -354,7 +343,7 @@ class Region(Resource):
         return struct.unpack(_WIDTH_FMT[w], self.read(offset, w))[0]
 
     def _writew(self, offset: int, w: int, value: int) -> None:
-        self.write(offset, struct.pack(_WIDTH_FMT[w], value & ((1 << (8 * w)) - 1)))
+        self.write(offset, struct.pack(_WIDTH_FMT[w], memory.check_value(value, w, offset, self._what)))
 
     def read8(self, offset: int) -> int:
         return self._readw(offset, 1)
@@ -382,7 +371,12 @@ class Region(Resource):
 
     def map(self, prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> "MappedRegion":
         """mmap every mmap-able area of the region (sparse-mmap aware); accesses outside
-        them fall back to pread/pwrite.  Raises if nothing of the region may be mapped."""
+        them fall back to pread/pwrite.  ``prot`` PROT_READ alone maps it read-only.
+
+        Raises :class:`RegionAccessError` if nothing of the region may be mapped,
+        :class:`VfioError` (errno kept, region and area named) if the kernel refuses
+        the mmap.
+        """
         m = MappedRegion(self, prot)
         self._maps.append(m)
         return m
@@ -395,125 +389,219 @@ class Region(Resource):
 class MappedRegion(Resource):
     """A region's mmap'ed view with typed accessors, like python-periphery's MMIO.
 
-    Each accessor of width N is a single N-byte load or store (``ctypes``
-    ``c_uintN.from_address``): devices such as QEMU's edu accept only 4- and
-    8-byte accesses, and ``struct.unpack`` on an mmap would read byte by byte.
-    Offsets are relative to the region; bounds are checked once per access
-    against the region.  Offsets not covered by a mapped area (a sparse hole,
-    typically the MSI-X table) go through the region's pread/pwrite.
+    Each accessor of width N (``read8`` .. ``write64``) is exactly one N-byte load
+    or store at that offset (an item of a native-format ``memoryview`` cast, see
+    :mod:`vfio.memory`): devices such as QEMU's edu accept only 4- and 8-byte
+    accesses.  Values are in the CPU's byte order (little-endian on x86 and
+    arm64, as the device's registers).  Offsets are relative to the region; every
+    access is checked: inside the region, naturally aligned, and for writes a
+    value that fits the width (an over-wide or negative value raises
+    :class:`InvalidValue` naming value, width and offset; nothing is truncated).
+    Offsets not covered by a mapped area (a sparse hole, typically the MSI-X
+    table) go through the region's pread/pwrite.
+
+    Bulk :meth:`read`/:meth:`write` split the span as :func:`vfio.memory.runs`
+    does: naturally aligned accesses in ascending offset order, the widest of
+    8, 4, 2, 1 bytes that is aligned there and fits -- 1-, 2-, 4-byte pieces up to
+    the first 8-aligned offset, 8-byte words, then 4-, 2-, 1-byte pieces for the
+    tail (a 4 KiB block at an 8-aligned offset is 512 8-byte loads or stores).
     """
+
+    __slots__ = ("region", "size", "_what", "_areas", "_v1", "_v2", "_v4", "_v8", "_k1", "_k2", "_k4", "_k8",
+                 "_fast", "_fast_end")
 
     def __init__(self, region: Region, prot: int):
         self.region = region
         self.size = region.size
-        self._areas = []    # (start, end, mmap, base address)
+        self._what = region._what
+        # (start, end, mmap, base address -- None if read-only; for code that hands the address on --, WordViews)
+        self._areas = []
+        self._set_fast(memory.WordViews())
         areas = region.info.mmap_areas()
         if not areas:
-            raise RegionAccessError(f"region {region.index} of {region.device.name} has no mmap-able area")
+            raise RegionAccessError(f"{self._what} has no mmap-able area")
         try:
             for off, size in areas:
                 if off % PAGE_SIZE or off + size > region.size:
-                    raise RegionAccessError(f"region {region.index} of {region.device.name}: mmap area "
-                                            f"{off:#x}+{size:#x} is unaligned or outside the region")
-                mm = region.device.backend.mmap(region.info.offset + off, size, prot)
-                base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-                self._areas.append((off, off + size, mm, base))
+                    raise RegionAccessError(f"{self._what}: mmap area {off:#x}+{size:#x} is unaligned "
+                                            f"or outside the region")
+                try:
+                    mm = region.device.backend.mmap(region.info.offset + off, size, prot)
+                except VfioError as e:
+                    raise VfioError(e.errno, f"{self._what} area {off:#x}+{size:#x}: {e.what}") from None
+                try:
+                    views = memory.WordViews(mm, size)
+                except BaseException:
+                    memory.release(mm)
+                    raise
+                base = None if views.readonly else memory.base_address(mm)
+                self._areas.append((off, off + size, mm, base, views))
         except BaseException:
             self.close()
             raise
-        # fast path: one area covering the whole region (most BARs)
-        whole = len(self._areas) == 1 and self._areas[0][0] == 0 and self._areas[0][1] == region.size
-        self._base = self._areas[0][3] if whole else None
+        if self._areas[0][0] == 0:      # the accessors index the area at offset 0 directly
+            self._set_fast(self._areas[0][4])
+
+    def _set_fast(self, views: "memory.WordViews") -> None:
+        """Point the accessors at ``views`` (the area at offset 0, or none).
+
+        ``_kN`` is the fast path's one test: ``offset & _kN`` is non-zero for a negative
+        offset, an offset past the power of two that covers the views, or one that is
+        not N-aligned (two's complement: ``-p`` has every bit from ``log2(p)`` up set).
+        """
+        self._fast = views
+        self._fast_end = views.length
+        self._v1, self._v2, self._v4, self._v8 = views.v1, views.v2, views.v4, views.v8
+        p = 1 << max(views.length - 1, 0).bit_length()      # the smallest power of two >= length
+        self._k1, self._k2, self._k4, self._k8 = -p, -p | 1, -p | 3, -p | 7
 
     @property
     def areas(self) -> list:
-        return [(s, e - s) for s, e, _, _ in self._areas]
+        return [(s, e - s) for s, e, *_ in self._areas]
 
-    def _addr(self, offset: int, w: int):
+    # ---- the slow path: everything the fast path does not settle ---------------------------
+    def _check(self, offset: int, w: int) -> None:
         if not self._areas:
-            raise RegionAccessError(f"region {self.region.index} of {self.region.device.name}: mapping is closed")
-        if offset < 0 or offset + w > self.size:
-            raise RegionAccessError(f"region {self.region.index} of {self.region.device.name}: "
-                                    f"{w}-byte access at {offset:#x} is outside its {self.size:#x} bytes")
-        if offset % w:
-            raise RegionAccessError(f"region {self.region.index} of {self.region.device.name}: "
-                                    f"{w}-byte access at {offset:#x} is not naturally aligned")
-        if self._base is not None:
-            return self._base + offset
-        for s, e, _, base in self._areas:
+            raise RegionAccessError(f"{self._what}: mapping is closed")
+        memory.check_access(offset, w, self.size, self._what)
+
+    def _read_slow(self, offset: int, w: int) -> int:
+        self._check(offset, w)
+        for s, e, _mm, _base, views in self._areas:
             if s <= offset and offset + w <= e:
-                return base + offset - s
-        return None     # trapped: not in any mapped area
+                return views.by_width[w][(offset - s) // w]
+        return self.region._readw(offset, w)       # trapped: not in any mapped area
 
-    def _get(self, offset: int, w: int) -> int:
-        a = self._addr(offset, w)
-        if a is None:
-            return self.region._readw(offset, w)
-        return _CTYPE[w].from_address(a).value
+    def _write_slow(self, offset: int, w: int, value) -> None:
+        self._check(offset, w)
+        value = memory.check_value(value, w, offset, self._what)
+        for s, e, _mm, _base, views in self._areas:
+            if s <= offset and offset + w <= e:
+                if views.readonly:
+                    raise RegionAccessError(f"{self._what}: {w}-byte write at {offset:#x}: mapped read-only")
+                views.by_width[w][(offset - s) // w] = value
+                return
+        self.region._writew(offset, w, value)
 
-    def _put(self, offset: int, w: int, value: int) -> None:
-        a = self._addr(offset, w)
-        if a is None:
-            self.region._writew(offset, w, value)
-        else:
-            _CTYPE[w].from_address(a).value = value
-
-    # The 32-bit pair is the hot path of every driver: spelled out without the
-    # generic helpers to keep it a bounds check and one load/store.
-    def read32(self, offset: int) -> int:
-        base = self._base
-        if base is not None and 0 <= offset <= self.size - 4 and not offset & 3:
-            return ctypes.c_uint32.from_address(base + offset).value
-        return self._get(offset, 4)
-
-    def write32(self, offset: int, value: int) -> None:
-        base = self._base
-        if base is not None and 0 <= offset <= self.size - 4 and not offset & 3:
-            ctypes.c_uint32.from_address(base + offset).value = value
-        else:
-            self._put(offset, 4, value)
-
+    # ---- the fast path ---------------------------------------------------------------------
+    # Every driver's hot path: one int test (``_set_fast``) and one item access of a view
+    # made once.  The view checks the upper bound (IndexError), the value's range and type
+    # (ValueError, TypeError; it stores nothing then) and read-only-ness (TypeError);
+    # anything it refuses goes to the slow path, which says why in the toolkit's terms
+    # or serves the access from another area or pread/pwrite.
     def read8(self, offset: int) -> int:
-        return self._get(offset, 1)
+        if offset & self._k1:
+            return self._read_slow(offset, 1)
+        try:
+            return self._v1[offset]
+        except (IndexError, ValueError):
+            return self._read_slow(offset, 1)
 
     def read16(self, offset: int) -> int:
-        return self._get(offset, 2)
+        if offset & self._k2:
+            return self._read_slow(offset, 2)
+        try:
+            return self._v2[offset >> 1]
+        except (IndexError, ValueError):
+            return self._read_slow(offset, 2)
+
+    def read32(self, offset: int) -> int:
+        if offset & self._k4:
+            return self._read_slow(offset, 4)
+        try:
+            return self._v4[offset >> 2]
+        except (IndexError, ValueError):
+            return self._read_slow(offset, 4)
 
     def read64(self, offset: int) -> int:
-        return self._get(offset, 8)
+        if offset & self._k8:
+            return self._read_slow(offset, 8)
+        try:
+            return self._v8[offset >> 3]
+        except (IndexError, ValueError):
+            return self._read_slow(offset, 8)
 
     def write8(self, offset: int, value: int) -> None:
-        self._put(offset, 1, value)
+        if offset & self._k1:
+            return self._write_slow(offset, 1, value)
+        try:
+            self._v1[offset] = value
+        except (IndexError, ValueError, TypeError):
+            self._write_slow(offset, 1, value)
 
     def write16(self, offset: int, value: int) -> None:
-        self._put(offset, 2, value)
+        if offset & self._k2:
+            return self._write_slow(offset, 2, value)
+        try:
+            self._v2[offset >> 1] = value
+        except (IndexError, ValueError, TypeError):
+            self._write_slow(offset, 2, value)
+
+    def write32(self, offset: int, value: int) -> None:
+        if offset & self._k4:
+            return self._write_slow(offset, 4, value)
+        try:
+            self._v4[offset >> 2] = value
+        except (IndexError, ValueError, TypeError):
+            self._write_slow(offset, 4, value)
 
     def write64(self, offset: int, value: int) -> None:
-        self._put(offset, 8, value)
+        if offset & self._k8:
+            return self._write_slow(offset, 8, value)
+        try:
+            self._v8[offset >> 3] = value
+        except (IndexError, ValueError, TypeError):
+            self._write_slow(offset, 8, value)
+
+    # ---- bulk ------------------------------------------------------------------------------
+    def _check_span(self, offset: int, length: int) -> None:
+        if not self._areas:
+            raise RegionAccessError(f"{self._what}: mapping is closed")
+        memory.check_span(offset, length, self.size, self._what)
 
     def read(self, offset: int, length: int) -> bytes:
-        """Bulk read in naturally aligned 8/4/2/1-byte device accesses."""
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise RegionAccessError(f"region {self.region.index}: read of {length} bytes at {offset:#x} "
-                                    f"is outside its {self.size:#x} bytes")
+        """``length`` bytes at ``offset``, read as naturally aligned accesses in ascending
+        order (8-byte words between 1/2/4-byte head and tail pieces: class docstring)."""
+        self._check_span(offset, length)
+        if offset + length <= self._fast_end:
+            return self._fast.read_block(offset, length)
         out = bytearray(length)
-        for off, w in _chunks(offset, length):
-            struct.pack_into(_WIDTH_FMT[w], out, off - offset, self._get(off, w))
+        for off, w in memory.pieces(offset, length):
+            out[off - offset:off - offset + w] = self._piece(off, w)
         return bytes(out)
 
+    def _piece(self, offset: int, w: int) -> bytes:
+        for s, e, _mm, _base, views in self._areas:
+            if s <= offset and offset + w <= e:
+                return views.by_width[w][(offset - s) // w].to_bytes(w, memory.BYTE_ORDER)
+        return self.region.read(offset, w)
+
     def write(self, offset: int, data: bytes) -> None:
-        """Bulk write in naturally aligned 8/4/2/1-byte device accesses."""
+        """Write ``data`` at ``offset`` as naturally aligned accesses in ascending order
+        (split as :meth:`read`)."""
         data = bytes(data)
-        if offset < 0 or offset + len(data) > self.size:
-            raise RegionAccessError(f"region {self.region.index}: write of {len(data)} bytes at {offset:#x} "
-                                    f"is outside its {self.size:#x} bytes")
-        for off, w in _chunks(offset, len(data)):
-            self._put(off, w, struct.unpack_from(_WIDTH_FMT[w], data, off - offset)[0])
+        self._check_span(offset, len(data))
+        if offset + len(data) <= self._fast_end and not self._fast.readonly:
+            self._fast.write_block(offset, data)
+            return
+        for off, w in memory.pieces(offset, len(data)):
+            self._write_piece(off, w, data[off - offset:off - offset + w])
+
+    def _write_piece(self, offset: int, w: int, chunk: bytes) -> None:
+        for s, e, _mm, _base, views in self._areas:
+            if s <= offset and offset + w <= e:
+                if views.readonly:
+                    raise RegionAccessError(f"{self._what}: {w}-byte write at {offset:#x}: mapped read-only")
+                views.by_width[w][(offset - s) // w] = int.from_bytes(chunk, memory.BYTE_ORDER)
+                return
+        self.region.write(offset, chunk)
 
     def close(self) -> None:
-        areas, self._areas, self._base = self._areas, [], None
-        for _, _, mm, _ in areas:
-            release_mmap(mm)
+        areas, self._areas = self._areas, []
+        self._set_fast(memory.WordViews())      # the accessors now miss, and find it closed
+        for _, _, mm, _, views in areas:
+            views.release()
+            memory.release(mm)
 
 
 # ---------------------------------------------------------------------------------------

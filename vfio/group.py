@@ -27,39 +27,61 @@ import os
 from . import uapi
 from .address import PciAddress
 from .device import Device, KernelBackend
-from .errors import VfioError, wrap_oserror
+from .errors import VfioError
+from .sysfs import PCI_DEVICES, HostError, SysfsTree
 from ._resource import OwnedFd, Shared
 
 VFIO_DEV_DIR = "/dev/vfio"
-SYSFS_PCI = "/sys/bus/pci/devices"
+SYSFS_PCI = "/" + PCI_DEVICES
+
+#: Why opening a group node failed, by errno (the kernel's answer alone does not say).
+_OPEN_HINTS = {
+    errno.EBUSY: (" (already open: a group may be opened once at a time; to open another device "
+                  "of an open group, pass container=<the first device>.container to "
+                  "vfio.open_pci_device, or use <the first device>.group.open_device)"),
+    errno.EACCES: " (permission denied: needs ownership of the node, and CAP_SYS_RAWIO for no-IOMMU groups)",
+}
+_OPEN_HINTS[errno.EPERM] = _OPEN_HINTS[errno.EACCES]
 
 
-def normalize_bdf(bdf: str) -> str:
-    """'00:04.0' -> '0000:00:04.0'; anything else malformed is a ValueError naming it."""
-    return str(PciAddress.parse(bdf))
+from .address import normalize_bdf  # noqa: E402,F401  (its home; re-exported here as before)
 
 
-def iommu_group_of(bdf: str, sysfs: str = SYSFS_PCI) -> str:
-    """The IOMMU group name of a PCI device ('7', or e.g. '0' for noiommu-0)."""
+def iommu_group_of(bdf: str, sysfs: SysfsTree | str = SYSFS_PCI) -> str:
+    """The IOMMU group name of a PCI device ('7', or e.g. '0' for noiommu-0), from its
+    ``iommu_group`` link.  ``sysfs``: a :class:`~vfio.sysfs.SysfsTree` (a live or
+    captured system) or the path of a PCI devices directory.  Raises
+    :class:`VfioError`: ENODEV when there is no such device, the errno of the
+    failed read (ENOENT: no link) when it has no group."""
     bdf = normalize_bdf(bdf)
-    link = os.path.join(sysfs, bdf, "iommu_group")
-    if not os.path.exists(os.path.join(sysfs, bdf)):
-        raise VfioError(errno.ENODEV, f"PCI device {bdf}: no {os.path.join(sysfs, bdf)}")
+    tree = SysfsTree.of(sysfs)
+    ddir = tree.pci_device(bdf)
+    if not tree.exists(ddir):
+        raise VfioError(errno.ENODEV, f"PCI device {bdf}: no {tree.shown(ddir)}")
+    link = f"{ddir}/iommu_group"
     try:
-        return os.path.basename(os.readlink(link))
-    except OSError as e:
-        raise wrap_oserror(e, f"IOMMU group of {bdf} ({link}): device has no IOMMU group "
-                              "(no IOMMU, or not enabled on the kernel command line)") from None
+        name = tree.link_name(link)
+        err = errno.ENOENT
+    except (VfioError, HostError) as e:
+        name, err = None, e.errno or errno.EIO
+    if name is None:
+        raise VfioError(err, f"IOMMU group of {bdf} ({tree.shown(link)}): device has no IOMMU group "
+                             "(no IOMMU, or not enabled on the kernel command line)")
+    return name
 
 
-def group_path_of(bdf: str, sysfs: str = SYSFS_PCI, devdir: str = VFIO_DEV_DIR) -> str:
-    """The /dev/vfio node of a device's group: N, or noiommu-N in no-IOMMU mode."""
-    g = iommu_group_of(bdf, sysfs)
+def group_path_of(bdf: str, sysfs: SysfsTree | str = SYSFS_PCI, devdir: str | None = None) -> str:
+    """The /dev/vfio node of a device's group: N, or noiommu-N in no-IOMMU mode.
+    ``devdir`` defaults to the ``/dev/vfio`` of the system ``sysfs`` stands for."""
+    tree = SysfsTree.of(sysfs)
+    if devdir is None:
+        devdir = tree.dev("vfio")
+    g = iommu_group_of(bdf, tree)
     for name in (g, f"noiommu-{g}"):
         p = os.path.join(devdir, name)
         if os.path.exists(p):
             return p
-    raise VfioError(errno.ENOENT, f"group {g} of {bdf}: no {os.path.join(devdir, g)} "
+    raise VfioError(errno.ENOENT, f"group {g} of {normalize_bdf(bdf)}: no {os.path.join(devdir, g)} "
                                   "(is the device bound to vfio-pci?)")
 
 
@@ -78,17 +100,7 @@ class Group(OwnedFd, Shared):
         self.path = path
         self.container = None
         self._container_lease = None
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            hint = ""
-            if e.errno == errno.EBUSY:
-                hint = (" (already open: a group may be opened once at a time; to open another device "
-                        "of an open group, pass container=<the first device>.container to "
-                        "vfio.open_pci_device, or use <the first device>.group.open_device)")
-            elif e.errno in (errno.EACCES, errno.EPERM):
-                hint = " (permission denied: needs ownership of the node, and CAP_SYS_RAWIO for no-IOMMU groups)"
-            raise wrap_oserror(e, f"open VFIO group {path}{hint}") from None
+        self.fd = uapi.open_node(path, os.O_RDWR | os.O_CLOEXEC, f"open VFIO group {path}", _OPEN_HINTS)
 
     @property
     def noiommu(self) -> bool:

@@ -20,29 +20,43 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import glob
 import os
 from dataclasses import dataclass
 
 from . import uapi
 from .device import Device, Interface, KernelBackend
-from .dma import DmaSpace
-from .errors import InvalidValue, VfioError, wrap_oserror
+from .dma import DmaSpace, IoctlArgs
+from .errors import InvalidValue, VfioError
 from .group import SYSFS_PCI, normalize_bdf
+from .sysfs import SysfsTree
 from ._resource import OwnedFd, Shared
 
 IOMMU_PATH = "/dev/iommu"
 CDEV_DIR = "/dev/vfio/devices"
 
+# the DMA primitives' constants and reusable argument structs (see IOAS._map)
+_MAP = IoctlArgs(uapi.iommu_ioas_map)
+_UNMAP = IoctlArgs(uapi.iommu_ioas_unmap)
+_IOAS_MAP, _IOAS_UNMAP = uapi.IOMMU_IOAS_MAP, uapi.IOMMU_IOAS_UNMAP
+_FIXED, _READABLE, _WRITEABLE = (uapi.IOMMU_IOAS_MAP_FIXED_IOVA, uapi.IOMMU_IOAS_MAP_READABLE,
+                                 uapi.IOMMU_IOAS_MAP_WRITEABLE)
 
-def cdev_path_of(bdf: str, sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> str:
-    """``/dev/vfio/devices/vfioN`` of a device bound to vfio-pci (kernel with VFIO_DEVICE_CDEV)."""
+
+def cdev_path_of(bdf: str, sysfs: SysfsTree | str = SYSFS_PCI, devdir: str | None = None) -> str:
+    """``/dev/vfio/devices/vfioN`` of a device bound to vfio-pci (kernel with
+    VFIO_DEVICE_CDEV), from the ``vfio-dev/vfioN`` entry of its sysfs directory.
+    ``sysfs``: a :class:`~vfio.sysfs.SysfsTree` (a live or captured system) or the
+    path of a PCI devices directory; ``devdir`` defaults to the
+    ``/dev/vfio/devices`` of the system it stands for.  Raises :class:`VfioError`
+    (ENOENT) when the device has no cdev."""
     bdf = normalize_bdf(bdf)
-    found = glob.glob(os.path.join(sysfs, bdf, "vfio-dev", "vfio*"))
+    tree = SysfsTree.of(sysfs)
+    rel = f"{tree.pci_device(bdf)}/vfio-dev"
+    found = [n for n in tree.listdir(rel) if n.startswith("vfio")]
     if not found:
-        raise VfioError(errno.ENOENT, f"VFIO cdev of {bdf}: no {os.path.join(sysfs, bdf, 'vfio-dev')} "
+        raise VfioError(errno.ENOENT, f"VFIO cdev of {bdf}: no {tree.shown(rel)} "
                                       "(not bound to vfio-pci, or the kernel lacks CONFIG_VFIO_DEVICE_CDEV)")
-    return os.path.join(devdir, os.path.basename(found[0]))
+    return os.path.join(devdir if devdir is not None else tree.dev("vfio/devices"), found[0])
 
 
 @dataclass(frozen=True)
@@ -66,10 +80,7 @@ class IommuFD(OwnedFd, Shared):
 
     def __init__(self, path: str = IOMMU_PATH):
         self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise wrap_oserror(e, f"open iommufd {path} (kernel needs CONFIG_IOMMUFD)") from None
+        self.fd = uapi.open_node(path, os.O_RDWR | os.O_CLOEXEC, f"open iommufd {path} (kernel needs CONFIG_IOMMUFD)")
         self._objects: list = []
 
     def _fd(self) -> int:
@@ -146,8 +157,19 @@ class IOAS(DmaSpace, Shared):
             self.iova_ranges()
         return self.alignment or 4096
 
+    # The two primitives are the hot path of DmaSpace.map/unmap: what map_raw/unmap_raw
+    # do at a fixed IOVA, with a spare argument struct filled in one pack_into (a value a
+    # field cannot hold is refused) and no error text unless the kernel says no (then
+    # the same errno and text as theirs).
     def _map(self, vaddr: int, iova: int, size: int, readable: bool, writable: bool) -> None:
-        self.map_raw(vaddr, size, iova, readable, writable)
+        fd = self.iommufd.fd
+        if fd < 0:
+            self.iommufd._fd()              # raises EBADF naming the iommufd
+        flags = _FIXED | (_READABLE if readable else 0) | (_WRITEABLE if writable else 0)
+        try:
+            _MAP.call(fd, _IOAS_MAP, (flags, self.id, 0, vaddr, size, iova))
+        except VfioError as e:
+            raise VfioError(e.errno, self._dma_what("IOMMU_IOAS_MAP", iova, size)) from None
 
     def map_raw(self, vaddr: int, size: int, iova: int | None = None, readable: bool = True,
                 writable: bool = True) -> int:
@@ -162,14 +184,24 @@ class IOAS(DmaSpace, Shared):
         return st.iova
 
     def _unmap(self, iova: int, size: int) -> int:
-        return self.unmap_raw(iova, size)
+        fd = self.iommufd.fd
+        if fd < 0:
+            self.iommufd._fd()
+        try:
+            return _UNMAP.call(fd, _IOAS_UNMAP, (self.id, iova, size), "length")
+        except VfioError as e:
+            raise VfioError(e.errno, self._dma_what("IOMMU_IOAS_UNMAP", iova, size)) from None
+
+    def _dma_what(self, op: str, iova: int, size: int) -> str:
+        # the text map_raw/unmap_raw give (through IommuFD.call) for a fixed IOVA
+        return f"{op} ioas {self.id} iova {iova:#x} length {size:#x} on {self.iommufd.path}"
 
     def unmap_raw(self, iova: int, size: int) -> int:
         st = uapi.iommu_ioas_unmap(ioas_id=self.id, iova=iova, length=size)
         self.iommufd.call(uapi.IOMMU_IOAS_UNMAP, st, f"IOMMU_IOAS_UNMAP ioas {self.id} iova {iova:#x} length {size:#x}")
         return st.length
 
-    def open_device(self, bdf: str, sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> Device:
+    def open_device(self, bdf: str, sysfs: SysfsTree | str = SYSFS_PCI, devdir: str | None = None) -> Device:
         """Open a vfio-pci device through its cdev, bound to this IOAS's iommufd and
         attached to this IOAS: the context's device opener (the cdev path's
         ``get_device_fd``).
@@ -212,10 +244,7 @@ class CdevBackend(KernelBackend):
     """A device fd opened from its cdev, bound to an iommufd; unbinds by closing."""
 
     def __init__(self, path: str, iommufd: IommuFD, name: str):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise wrap_oserror(e, f"open VFIO cdev {path} of {name}") from None
+        fd = uapi.open_node(path, os.O_RDWR | os.O_CLOEXEC, f"open VFIO cdev {path} of {name}")
         super().__init__(fd, name)
         self.path = path
         self.iommufd = iommufd
@@ -245,7 +274,7 @@ class CdevBackend(KernelBackend):
 
 
 def open_cdev_device(bdf: str, iommufd: IommuFD | None = None, ioas: IOAS | None = None,
-                     sysfs: str = SYSFS_PCI, devdir: str = CDEV_DIR) -> Device:
+                     sysfs: SysfsTree | str = SYSFS_PCI, devdir: str | None = None) -> Device:
     """Open a vfio-pci device through its cdev (:meth:`IOAS.open_device`), bound to
     ``iommufd`` and attached to ``ioas`` (both created when not given; a given
     ``ioas`` brings its own iommufd).

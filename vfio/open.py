@@ -20,6 +20,7 @@ from .container import Container
 from .device import Device, Interface
 from .errors import InvalidValue
 from .group import normalize_bdf
+from .sysfs import SysfsTree, available_interfaces  # noqa: F401  (its home is vfio.sysfs)
 
 _CHOICES = ("auto", Interface.CONTAINER.value, Interface.CDEV.value)
 
@@ -74,14 +75,3 @@ def open_pci_device(bdf: str, interface: str = "auto", container: Container | No
         return made.open_device(bdf, path)
 
 
-def available_interfaces(devdir: str = "/dev") -> dict:
-    """Which VFIO interfaces this host offers: the legacy container, the cdev path
-    (``/dev/vfio/devices`` + ``/dev/iommu``), and no-IOMMU groups."""
-    vdir = os.path.join(devdir, "vfio")
-    names = os.listdir(vdir) if os.path.isdir(vdir) else []
-    return {
-        "container": os.path.exists(os.path.join(vdir, "vfio")),
-        "cdev": os.path.isdir(os.path.join(vdir, "devices")) and os.path.exists(os.path.join(devdir, "iommu")),
-        "noiommu_groups": sorted(n for n in names if n.startswith("noiommu-")),
-        "groups": sorted((n for n in names if n.isdigit()), key=int),
-    }

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import os
 import struct
 from dataclasses import dataclass
 from typing import Iterator
@@ -692,6 +693,21 @@ def ioctl(fd: int, request: int, arg=0, what: str = "") -> int:
         return fcntl.ioctl(fd, request, arg, True)
     except OSError as e:
         raise VfioError(e.errno if e.errno is not None else errno.EIO, what or f"ioctl {request:#x}") from None
+
+
+def open_node(path: str, flags: int, what: str, hints: dict | None = None) -> int:
+    """The toolkit's one ``open(2)`` of a VFIO or iommufd node (a group, the
+    container, ``/dev/iommu``, a device cdev): returns the fd.
+
+    Raises :class:`VfioError` with the kernel's errno and ``what`` was being done
+    (name the node in it), followed by ``hints[errno]`` when the caller has one
+    for that errno (why EBUSY or EACCES happens on this kind of node).
+    """
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        err = e.errno if e.errno is not None else errno.EIO
+        raise VfioError(err, what + (hints or {}).get(err, "")) from None
 
 
 def build_irq_set(flags: int, index: int, start: int, count: int, data: bytes = b"") -> bytearray:

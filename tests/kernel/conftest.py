@@ -19,8 +19,9 @@ a pass.  Tests are deselected by marker instead (tests/conftest.py, and the
 ``-m`` expressions of tools/run-kernel-tests); tests/conftest.py also fails any
 kernel-marked test that runs on a system without /dev/vfio.
 
-Tests that use ``nvme_bdf`` are marked ``vfio_nvme`` here at collection, so a
-leg that leaves nvme on its own driver (virtio-iommu) deselects them with
+Tests that use ``nvme_bdf`` are marked ``vfio_nvme`` at collection (by
+tests/conftest.py, where every marker is declared), so a leg that leaves nvme
+on its own driver (virtio-iommu) deselects them with
 ``-m "... and not vfio_nvme"`` instead of each test having to say so.
 
 Only sysfs (through vfio.host.sysfs) here: ioctls belong to vfio/uapi.py.
@@ -38,13 +39,6 @@ from vfio.host.sysfs import Host
 EDU_ID = "1234:11e8"
 NVME_ID = "1b36:0010"
 _RUN_HINT = "run it with tools/run-kernel-tests or tools/vfio-harness"
-
-
-@pytest.hookimpl(tryfirst=True)   # before -m deselects on the marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "nvme_bdf" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.vfio_nvme)
 
 
 def _vfio_bdf(name: str, ids: str) -> str:

@@ -28,7 +28,7 @@ import vfio
 
 pytestmark = pytest.mark.kernel
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.paths import REPO
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

@@ -20,8 +20,9 @@ from vfio.pci.passthrough import PassthroughDevice
 
 pytestmark = pytest.mark.kernel
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "examples", "edu_driver.py")
+from tests.paths import EXAMPLES
+
+SCRIPT = os.path.join(EXAMPLES, "edu_driver.py")
 
 
 def _load_example():

@@ -20,6 +20,7 @@ from vfio import uapi
 from vfio.errors import RegionAccessError, VfioError
 
 from tests.kernel import kernel_edu as edu_dev
+from tests.kernel import kernel_iommu
 
 pytestmark = pytest.mark.kernel
 
@@ -67,8 +68,9 @@ def test_container_group_device_setup(edu_bdf, harness_kernel):
                 # device (and learns its reserved ranges) only when the device fd is opened
                 info = c.iommu_info()
                 assert info.iova_pgsizes & 0x1000
-                # the x86 MSI window is never usable IOVA space
-                assert not any(s <= 0xFEE00000 <= e for s, e in info.iova_ranges), info.iova_ranges
+                # the MSI window the kernel reserves for the group (x86's 0xfee00000, SMMUv3's
+                # software MSI window) is never usable IOVA space, and is exactly the hole
+                kernel_iommu.assert_msi_holes(edu_bdf, info.iova_ranges)
                 if harness_kernel != "iommufd-container":
                     # type1 counts down from vfio_iommu_type1.dma_entry_limit (65535 by default)
                     assert 0 < info.dma_avail <= 65535
@@ -250,16 +252,18 @@ def test_edu_dma_round_trip_through_iommu(edu):
             assert buf.read(0x1000, len(pattern)) == bytes(len(pattern))
 
 
-def test_dma_errors(edu):
+def test_dma_errors(edu, edu_bdf):
     space = edu.dma
     buf = vfio.DmaBuffer(0x1000)
     try:
         # the MSI window is reserved: the allocator refuses it, and so does the kernel
-        with pytest.raises(ValueError):
-            space.map(buf, iova=0xFEE00000)
-        with pytest.raises(VfioError) as ei:
-            space.map_dma(buf.vaddr, 0xFEE00000, 0x1000)
-        assert ei.value.errno == errno.EINVAL and "0xfee00000" in str(ei.value)
+        for start, end in kernel_iommu.msi_windows(edu_bdf):
+            for iova in (start, end + 1 - 0x1000):
+                with pytest.raises(ValueError):
+                    space.map(buf, iova=iova)
+                with pytest.raises(VfioError) as ei:
+                    space.map_dma(buf.vaddr, iova, 0x1000)
+                assert ei.value.errno == errno.EINVAL and f"{iova:#x}" in str(ei.value)
         # unmapping an IOVA that was never mapped unmaps nothing (type1 semantics)
         assert space.unmap_dma(0x7000000, 0x1000) == 0
         # a misaligned size is refused

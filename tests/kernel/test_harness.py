@@ -64,6 +64,12 @@ def test_iommu_present(harness_iommu):
     if harness_iommu == "intel":
         assert any(u.startswith("dmar") for u in units), f"no VT-d unit in /sys/class/iommu: {units}"
         assert "intel_iommu=on" in cmdline
+    elif harness_iommu == "smmuv3":
+        # arm-smmu-v3 registers its unit as smmu3.<MMIO address>; the GICv3 ITS isolates
+        # MSIs, so type1 takes the group without allow_unsafe_interrupts
+        assert any(u.startswith("smmu3.") for u in units), f"no SMMUv3 unit in /sys/class/iommu: {units}"
+        assert not any(u.startswith("dmar") for u in units), units
+        assert not any(a.startswith("vfio_iommu_type1.allow_unsafe_interrupts") for a in cmdline), cmdline
     else:
         # virtio-iommu registers its unit under the name of its own PCI device
         assert harness_iommu == "virtio", f"unexpected VFIO_HARNESS_IOMMU={harness_iommu!r}"

@@ -23,7 +23,7 @@ from vfio.pci.passthrough import PassthroughDevice
 
 pytestmark = pytest.mark.kernel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.paths import REPO as ROOT
 MSIX = uapi.VFIO_PCI_MSIX_IRQ_INDEX
 EDU_GPA, NVME_GPA, RAM_GPA = 0xE010_0000, 0xE000_0000, 0x30_0000
 

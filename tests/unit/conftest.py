@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
+from tests.paths import GUEST_TREE
 
 #: The captured sysfs tree of a q35 guest (fixtures/sysfs/README.md).
-GUEST = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs", "q35-guest")
+GUEST = GUEST_TREE
 
 
 @pytest.fixture

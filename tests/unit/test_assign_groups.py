@@ -26,7 +26,6 @@ from vfio.host.assign import (AssignmentFailed, AssignmentRefused, Assigner, gue
 from vfio.host.simulate import SimulatedSysfs
 from vfio.host.sysfs import Host
 
-GUEST = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs", "q35-guest")
 E1000E = "0000:01:00.0"
 ICH9 = ["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"]
 

@@ -20,7 +20,6 @@ from vfio.host.assign import Assigner, Condition, StateCorrupt, StateFile, inter
 from vfio.host.simulate import SimulatedSysfs
 from vfio.host.sysfs import FAULT_ENV, Host
 
-GUEST = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs", "q35-guest")
 E1000E = "0000:01:00.0"
 ICH9 = ["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"]
 GOOD = {"driver": "e1000e", "driver_override": None, "ids": "8086:10d3", "iommu_group": "9",

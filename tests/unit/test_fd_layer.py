@@ -24,7 +24,7 @@ from vfio.errors import RegionAccessError, VfioError
 from vfio.irq import Dispatcher, EventFd
 from vfio.record.replay import open_replay
 
-RECORDS = os.path.join(os.path.dirname(__file__), "..", "..", "records")
+from tests.paths import RECORDS
 
 
 @pytest.fixture

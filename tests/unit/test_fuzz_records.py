@@ -11,7 +11,7 @@ import random
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.paths import REPO as ROOT
 TOOL = os.path.join(ROOT, "tools", "fuzz-records")
 
 

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.paths import REPO as ROOT
 HARNESS = os.path.join(ROOT, "tools", "vfio-harness")
 
 needs_stock_kernel = pytest.mark.skipif(

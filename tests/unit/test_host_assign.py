@@ -26,7 +26,7 @@ from vfio.host.assign import (AssignmentFailed, AssignmentRefused, Assigner, Sta
 from vfio.host.simulate import FaultyWrites, SimulatedSysfs
 from vfio.host.sysfs import DryRunSysfs, Host, HostError
 
-GUEST = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs", "q35-guest")
+from tests.paths import GUEST_TREE as GUEST
 E1000E = "0000:01:00.0"
 
 

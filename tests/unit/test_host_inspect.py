@@ -13,7 +13,7 @@ from vfio.host import inspect
 from vfio.host.sysfs import Host
 from vfio.host.viability import predict
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs")
+from tests.paths import SYSFS_TREES as FIXTURES
 GUEST = os.path.join(FIXTURES, "q35-guest")
 VIRTIO = os.path.join(FIXTURES, "host-virtio")
 

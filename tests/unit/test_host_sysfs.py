@@ -21,7 +21,7 @@ from vfio.host.inuse import usage_of
 from vfio.host.sysfs import Action, DeviceNotFound, DryRunSysfs, Host, HostError, Sysfs
 from vfio.host.viability import DMA_SAFE_DRIVERS, group_viability, predict
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs")
+from tests.paths import SYSFS_TREES as FIXTURES
 GUEST = os.path.join(FIXTURES, "q35-guest")
 VIRTIO = os.path.join(FIXTURES, "host-virtio")
 

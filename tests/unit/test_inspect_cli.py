@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from vfio.host import inspect
+from tests.paths import GUEST_TREE, REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-GUEST = str(ROOT / "fixtures" / "sysfs" / "q35-guest")
+ROOT = Path(REPO)
+GUEST = GUEST_TREE
 EDU_REC = str(ROOT / "records" / "edu.vfiorec")
 
 # (console script module, arguments that print something without needing a device)

@@ -23,8 +23,9 @@ from vfio.host.sysfs import Host, HostError
 from vfio.pci.config import BarOrigin, ConfigSpace, KernelResource
 
 from tests import lspci_text
+from tests.paths import GUEST_TREE, KERNEL_VIEW
 
-KV = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "kernel-view"
+KV = Path(KERNEL_VIEW)
 IDS = {"piix3-ide": ("0x8086", "0x7010", "0x010180"), "nvme-sriov-pf": ("0x1b36", "0x0010", "0x010802"),
        "nvme-sriov-vf": ("0x1b36", "0x0010", "0x010802")}
 BDF = {"piix3-ide": "0000:00:06.0", "nvme-sriov-pf": "0000:01:00.0", "nvme-sriov-vf": "0000:01:00.1"}
@@ -145,7 +146,7 @@ def test_ide_config_alone_decodes_as_before():
 # ---- ROM ------------------------------------------------------------------------------------
 
 def test_rom_size_comes_from_resource_line_6():
-    guest = Path(__file__).resolve().parents[2] / "fixtures" / "sysfs" / "q35-guest"
+    guest = Path(GUEST_TREE)
     out = io.StringIO()
     assert inspect.main(["--root", str(guest), "--json", "0000:00:06.0"], out=out) == 0
     rom = json.loads(out.getvalue())["config"]["rom"]

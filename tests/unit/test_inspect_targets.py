@@ -14,8 +14,9 @@ import pytest
 from vfio.host import inspect
 
 from .test_inspect_kernel_view import BDF, tree
+from tests.paths import KERNEL_VIEW
 
-KV = Path(__file__).resolve().parents[2] / "fixtures" / "config" / "kernel-view"
+KV = Path(KERNEL_VIEW)
 
 
 def run(argv):

@@ -18,7 +18,7 @@ from vfio.record.replay import open_replay
 
 from .test_api_lifecycle import kernel  # noqa: F401  (the fixture: the stand-in type1 kernel)
 
-RECORDS = os.path.join(os.path.dirname(__file__), "..", "..", "records")
+from tests.paths import RECORDS
 
 
 def test_container_opens_its_device_and_hands_it_what_it_owns(kernel):

@@ -15,8 +15,9 @@ import pytest
 from vfio.pci import regs as R
 from vfio.pci.config import (ConfigSpace, ConfigSpaceError, bar_size_from_mask, lspci_dump, walk_capabilities,
                              walk_extended_capabilities)
+from tests.paths import CONFIG_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"
+FIXTURES = Path(CONFIG_FIXTURES)
 
 
 class Cfg:

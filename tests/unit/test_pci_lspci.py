@@ -24,8 +24,9 @@ import pytest
 from vfio.pci import regs as R
 from vfio.pci.config import ConfigSpace, lspci_dump
 from vfio.pci.ids import PciIds
+from tests.paths import CONFIG_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"
+FIXTURES = Path(CONFIG_FIXTURES)
 DEVICES = json.loads((FIXTURES / "devices.json").read_text())
 LSPCI = shutil.which("lspci") or "/usr/bin/lspci"
 

@@ -17,8 +17,9 @@ from vfio.errors import RegionAccessError
 from vfio.pci import regs as R
 from vfio.pci.config import ConfigSpace, ConfigSpaceError, bar_size_from_mask
 from vfio.pci.vconfig import BarSpec, StateMismatchError, VirtualConfigSpace
+from tests.paths import CONFIG_FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "config"
+FIXTURES = Path(CONFIG_FIXTURES)
 
 
 def base(size=256, header_type=0):

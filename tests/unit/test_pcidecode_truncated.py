@@ -20,10 +20,10 @@ import pytest
 from vfio.host import inspect
 from vfio.pci import regs as R
 from vfio.pci.config import ConfigSpace
+from tests.paths import GUEST_TREE, KERNEL_VIEW
 
-ROOT = Path(__file__).resolve().parents[2]
-PF = (ROOT / "fixtures" / "config" / "kernel-view" / "nvme-sriov-pf.bin").read_bytes()   # PCIe, ARI + SR-IOV
-GUEST = ROOT / "fixtures" / "sysfs" / "q35-guest"
+PF = (Path(KERNEL_VIEW) / "nvme-sriov-pf.bin").read_bytes()   # PCIe, ARI + SR-IOV
+GUEST = Path(GUEST_TREE)
 NVME = "0000:00:04.0"            # nvme in the captured guest tree: MSI-X 0x40, PCIe 0x80, PM 0x60
 
 

@@ -13,7 +13,7 @@ from vfio.record.capture import capture_device, capture_sysfs
 from vfio.record.cli import main as cli_main
 from vfio.record.replay import open_replay
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+from tests.paths import REPO as ROOT
 
 
 def strip(rec: F.DeviceRecord) -> list:

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from vfio.record import format as F
 from vfio.record.format import RecordFormatError, parse, write
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RECORDS = os.path.join(HERE, "..", "..", "records")
+from tests.paths import RECORDS
 
 
 # ---------------------------------------------------------------------------

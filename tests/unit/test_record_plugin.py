@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from tests.paths import RECORDS
 
 pytest_plugins = ["pytester"]
 
-EDU = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "records", "edu.vfiorec"))
+EDU = os.path.join(RECORDS, "edu.vfiorec")
 
 
 def test_user_suite_gets_a_replayed_device(pytester):

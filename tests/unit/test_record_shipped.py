@@ -1,6 +1,7 @@
 """The shipped captures (records/*.vfiorec) replayed against the real kernel's answers.
 
-``vfio-capture --answers`` ran :func:`vfio.record.capture.answers` on the live
+``python3 -m tests.record_oracle`` (formerly ``vfio-capture --answers``) ran
+:func:`tests.record_oracle.answers` on the live
 device inside the vfio-harness guest at capture time (QEMU edu, nvme and
 e1000e bound to vfio-pci, Linux 6.12) and stored the results in
 ``fixtures/records/<name>.answers.json``: GET_INFO / GET_REGION_INFO /
@@ -18,15 +19,15 @@ import pytest
 
 from vfio import uapi
 from vfio.record import format as F
-from vfio.record.capture import answers
+from tests.record_oracle import answers
 from vfio.record.pytest_plugin import vfio_record, vfio_replay_device  # noqa: F401
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+from tests.paths import FIXTURES, RECORDS
 NAMES = ("edu", "nvme", "e1000e")
 
 
 def kernel_answers(name: str) -> dict:
-    with open(os.path.join(ROOT, "fixtures", "records", f"{name}.answers.json")) as f:
+    with open(os.path.join(FIXTURES, "records", f"{name}.answers.json")) as f:
         return json.load(f)
 
 
@@ -42,7 +43,7 @@ def test_replay_answers_like_the_kernel(name, vfio_replay_device):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shipped_files_round_trip(name):
-    with open(os.path.join(ROOT, "records", f"{name}.vfiorec"), "rb") as f:
+    with open(os.path.join(RECORDS, f"{name}.vfiorec"), "rb") as f:
         raw = f.read()
     rec = F.parse(raw)
     assert F.write(rec) == raw

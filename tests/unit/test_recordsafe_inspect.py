@@ -16,7 +16,7 @@ from vfio.record import capture
 from vfio.record import cli
 from vfio.record import format as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.paths import REPO as ROOT
 EDU = os.path.join(ROOT, "records", "edu.vfiorec")
 NVME = os.path.join(ROOT, "records", "nvme.vfiorec")
 

@@ -18,7 +18,7 @@ from vfio.record import format as F
 from vfio.record import replay as R
 from vfio.record.replay import ReplayBackend, open_replay
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.paths import REPO as ROOT
 EDU = os.path.join(ROOT, "records", "edu.vfiorec")
 RW, RWM = 3, 7
 

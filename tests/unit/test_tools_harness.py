@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.paths import REPO as ROOT
 
 
 def _load_junit_summary():
@@ -159,8 +159,8 @@ def test_virtio_iommu_leg_runs_virtio_tests_and_the_edu_iommu_tests():
     assert {"nvme", "e1000e"} <= set(leg.devices.split(","))      # on their own drivers
     assert _legs_selecting({"kernel", "virtio_iommu"}, "test_assign_x") == ["virtio-iommu"]
     assert _legs_selecting({"kernel", "native_drivers", "virtio_iommu"}, "test_x") == ["virtio-iommu"]
-    # an edu test of the fd layer runs on every IOMMU leg, virtio-iommu included
-    assert _legs_selecting({"kernel"}) == ["stock", "container", "iommufd-container", "virtio-iommu"]
+    # an edu test of the fd layer runs on every IOMMU leg, virtio-iommu (and arm64's SMMUv3) included
+    assert _legs_selecting({"kernel"}) == ["stock", "container", "iommufd-container", "virtio-iommu", "arm64"]
     # ... but not if it needs nvme on vfio-pci, nor IOMMU-agnostic modules
     assert "virtio-iommu" not in _legs_selecting({"kernel", "vfio_nvme"})
     assert "virtio-iommu" not in _legs_selecting({"kernel"}, "test_api_docs")

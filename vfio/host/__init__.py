@@ -13,3 +13,8 @@
 * :mod:`vfio.host.simulate` -- a fixture tree that reacts to driver writes like
   the kernel (for tests without hardware).
 """
+
+#: vfio-assign's state file, relative to the system root.  :mod:`vfio.host.assign`
+#: owns the file; it is named here so that ``vfio-inspect`` can see there is none
+#: (the usual case) without loading that module.
+ASSIGN_STATE_FILE = "run/vfio-assign/state.json"

@@ -72,14 +72,14 @@ from typing import Callable
 
 from ..errors import Error
 from .inuse import usage_of
-from ..group import normalize_bdf
+from ..address import normalize_bdf
 from .sysfs import PCI_DEVICES, PCI_DRIVERS, Action, DeviceNotFound, Host, HostError, PciDevice
 from .viability import DMA_SAFE_DRIVERS, VFIO_PCI_DRIVERS
 
 VFIO_PCI = "vfio-pci"
 STATE_SCHEMA = "vfio-assign-state/1"
 #: Default state file, relative to the host root (so /run/vfio-assign/state.json).
-DEFAULT_STATE = "run/vfio-assign/state.json"
+from . import ASSIGN_STATE_FILE as DEFAULT_STATE  # noqa: E402
 
 
 class AssignmentRefused(HostError):

@@ -27,12 +27,11 @@ either way.
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
 import sys
 
+from . import ASSIGN_STATE_FILE
 from .._cli import entry_point
 
 from .inuse import interfaces_of, usage_of
@@ -72,7 +71,7 @@ class Names:
             self.db = None
             self.why = f"PCI ID names unavailable: {e}"
             return
-        if not len(self.db):
+        if not self.db:             # PciIds.__bool__: is there a vendor line (without counting them)
             self.db = None
             self.why = "PCI ID names unavailable: no pci.ids installed (apt-get install pci.ids)"
 
@@ -145,10 +144,22 @@ def device_summary(host: Host, dev: PciDevice, names: Names, viab: dict) -> dict
     }
 
 
-def _interrupted_report(host: Host) -> list:
-    """Devices an interrupted vfio-assign run left half-way (its state file, read only)."""
-    from .assign import interrupted_report     # imported here: device and record views do not need it
-    return interrupted_report(host)
+def _interrupted_report(host: Host) -> dict:
+    """Devices an interrupted vfio-assign run left half-way (its state file, read only).
+
+    With no state file (the usual case: nothing was ever assigned, or every
+    assignment ended cleanly) the answer is the one
+    :func:`vfio.host.assign.interrupted_report` gives for a missing file, and
+    that module -- the largest the listing would import -- is not loaded."""
+    path = host.sysfs.path(ASSIGN_STATE_FILE)
+    try:
+        os.stat(path)
+    except FileNotFoundError:               # what StateFile.load takes for "nothing recorded"
+        return {"state_file": path, "error": None, "devices": []}
+    except OSError:
+        pass                                # unreadable: the state code words the error
+    from .assign import interrupted_report
+    return interrupted_report(host, path)
 
 
 def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True) -> dict:
@@ -367,8 +378,10 @@ def render_interfaces(rep: dict, out) -> None:
 
 def render_host(rep: dict, out) -> None:
     render_interfaces(rep, out)
-    from .assign import render_interrupted     # only the host listing needs vfio-assign's state
-    render_interrupted(rep.get("interrupted_assignments"), out)
+    ia = rep.get("interrupted_assignments")
+    if ia and (ia["devices"] or ia["error"]):   # else render_interrupted prints nothing
+        from .assign import render_interrupted
+        render_interrupted(ia, out)
     if not rep["names"]["available"]:
         print(f"({rep['names']['note']})", file=out)
     devs = {d["bdf"]: d for d in rep["devices"]}
@@ -585,7 +598,8 @@ def render_record(rep: dict, out) -> None:
 # main
 # ---------------------------------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> "argparse.ArgumentParser":
+    import argparse
     ap = argparse.ArgumentParser(prog="vfio-inspect", description="\n\n".join(__doc__.split("\n\n")[:2]),
                                  epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="*", metavar="BDF|VENDOR:DEVICE|RECORD_FILE")
@@ -599,10 +613,32 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _Args:
+    """What ``_parser().parse_args(argv)`` returns for the common command lines
+    (no options, or BDF / ID / file arguments only), without importing argparse."""
+
+    def __init__(self, targets: list):
+        self.targets = targets
+        self.json = self.watch = self.no_kernel = False
+        self.count = self.timeout = None
+        self.root = "/"
+
+
+def _parse_args(argv):
+    """The arguments as argparse would parse them.  Arguments that are all
+    positional and cannot be taken for an option (none empty or starting
+    with ``-``) need no parser; anything else goes through argparse: options, help,
+    usage errors and their exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if all(isinstance(a, str) and a and a[0] != "-" for a in args):
+        return _Args(args)
+    return _parser().parse_args(argv)
+
+
 @entry_point("vfio-inspect")
 def main(argv=None, out=None) -> int:
     out = out or sys.stdout
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
     if args.watch:
         from .watch import watch_main
         return watch_main(args, out)
@@ -632,6 +668,7 @@ def main(argv=None, out=None) -> int:
         print(f"vfio-inspect: {e}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
+        import json
         doc = reports[0] if len(reports) == 1 else {"schema": SCHEMA, "kind": "list", "items": reports}
         json.dump(doc, out, indent=1)
         out.write("\n")

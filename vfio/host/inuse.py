@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import struct
 from dataclasses import dataclass
 
@@ -127,7 +126,7 @@ def _ipv4_routes(host: Host) -> dict[str, list[str]]:
         if len(f) < 8:
             continue
         try:
-            dest = socket.inet_ntoa(struct.pack("<I", int(f[1], 16)))
+            dest = str(ipaddress.IPv4Address(struct.pack("<I", int(f[1], 16))))  # no socket import for this
             mask = bin(int(f[7], 16)).count("1")
         except ValueError:
             continue

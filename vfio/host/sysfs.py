@@ -17,7 +17,10 @@ The files this module reads there:
 
 Every path is taken relative to a configurable root (``/`` on a live
 system), so the whole model runs unchanged on trees captured from other
-machines by ``tools/capture-sysfs`` (see ``fixtures/sysfs/``).
+machines by ``tools/capture-sysfs`` (see ``fixtures/sysfs/``).  Reading is
+:class:`vfio.sysfs.SysfsTree`'s, the one sysfs door at the bottom of the
+package that the fd layer and capture read through too; :class:`Sysfs`
+builds on it with the changes.
 
 Every change made to the system goes through one object, :class:`Sysfs`:
 ``write(path, value)``, ``chown(path, uid, gid)`` and ``modprobe(name)``.
@@ -33,39 +36,17 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-import subprocess
 from dataclasses import dataclass, field
 
-from ..errors import Error, InvalidValue, VfioError, wrap_oserror
-from ..group import normalize_bdf
+from ..errors import InvalidValue, VfioError, wrap_oserror
+from ..address import normalize_bdf
+# the read side lives at the bottom of the package (the fd layer and capture use it too);
+# its names stay importable from here
+from ..sysfs import (IOMMU_CLASS, IOMMU_GROUPS, MAX_ENTRIES, PCI_DEVICES, PCI_DRIVERS,  # noqa: F401
+                     HostError, SysfsTree)
 
-PCI_DEVICES = "sys/bus/pci/devices"
-PCI_DRIVERS = "sys/bus/pci/drivers"
-IOMMU_GROUPS = "sys/kernel/iommu_groups"
-IOMMU_CLASS = "sys/class/iommu"
 #: ``iommu_group_set_name()`` of drivers/vfio/group.c for its no-IOMMU groups.
 NOIOMMU_GROUP_NAME = "vfio-noiommu"
-
-# Bounds on directory walks: a real host has a few hundred PCI functions at most.
-MAX_ENTRIES = 65536
-
-
-class HostError(Error, ValueError):
-    """Bad input about the host: a BDF that does not exist, an unreadable or
-    malformed sysfs file, an unsafe request.  The message names the device and path.
-
-    ``errno`` is the system's when a system call failed underneath (a state file
-    that cannot be read or locked), else None.  HostError stays a ``ValueError``
-    with an optional errno rather than becoming an ``OSError``: callers (the
-    CLIs' exit statuses among them) tell "the kernel said no" (``OSError``, a
-    :class:`~vfio.errors.VfioError` for sysfs I/O) from "the request or the
-    input is wrong" (``ValueError``) by class, and that must not change.
-    """
-
-    def __init__(self, *args, errno: int | None = None):
-        super().__init__(*args)
-        self.errno = errno
 
 
 class DeviceNotFound(HostError):
@@ -105,77 +86,16 @@ def _fault_point(after: bool) -> None:
         return
     n, at_after = (spec[:-1], True) if spec.endswith("+") else (spec, False)
     if n.isdigit() and int(n) == _writes_started and at_after == after:
+        import signal           # here: only a fault-injection run gets this far
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class Sysfs:
-    """The root of a (live or captured) system plus the only door for changes to it."""
+class Sysfs(SysfsTree):
+    """The root of a (live or captured) system plus the only door for changes to it.
 
-    def __init__(self, root: str = "/"):
-        self.root = os.path.abspath(root)
-
-    # ---- reading ----------------------------------------------------------
-    def path(self, rel: str) -> str:
-        """The real file for ``rel`` (relative to the root, e.g. ``sys/bus/pci``)."""
-        return os.path.join(self.root, rel)
-
-    def shown(self, rel: str) -> str:
-        """``rel`` as it is named on the system the root stands for (``/sys/...``)."""
-        return "/" + rel.lstrip("/")
-
-    def exists(self, rel: str) -> bool:
-        return os.path.exists(self.path(rel))
-
-    def read(self, rel: str) -> str:
-        try:
-            with open(self.path(rel), "r", errors="replace") as f:
-                return f.read()
-        except OSError as e:
-            raise wrap_oserror(e, f"reading {self.shown(rel)}") from None
-
-    def read_bytes(self, rel: str) -> bytes:
-        try:
-            with open(self.path(rel), "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise wrap_oserror(e, f"reading {self.shown(rel)}") from None
-
-    def read_optional(self, rel: str) -> str | None:
-        """The stripped content, or None when the file does not exist."""
-        try:
-            with open(self.path(rel), "r", errors="replace") as f:
-                return f.read().strip()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise wrap_oserror(e, f"reading {self.shown(rel)}") from None
-
-    def link_name(self, rel: str) -> str | None:
-        """The last component of a symlink's target (a driver or group name), None if absent."""
-        try:
-            return os.path.basename(os.readlink(self.path(rel)))
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            if e.errno == errno.EINVAL:      # exists but is not a symlink: a malformed tree
-                raise HostError(f"{self.shown(rel)} is not a symlink", errno=e.errno) from None
-            raise wrap_oserror(e, f"reading link {self.shown(rel)}") from None
-
-    def real(self, rel: str) -> str:
-        """Where ``rel`` really is, relative to the root (symlinks resolved)."""
-        return os.path.relpath(os.path.realpath(self.path(rel)), self.root)
-
-    def listdir(self, rel: str) -> list[str]:
-        """Sorted entries of a directory; [] if it does not exist."""
-        try:
-            names = os.listdir(self.path(rel))
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise wrap_oserror(e, f"listing {self.shown(rel)}") from None
-        if len(names) > MAX_ENTRIES:
-            raise HostError(f"{self.shown(rel)} has {len(names)} entries (more than {MAX_ENTRIES})")
-        return sorted(names)
+    Reading (``path``, ``shown``, ``exists``, ``read``, ``read_bytes``,
+    ``read_optional``, ``link_name``, ``real``, ``listdir``) is
+    :class:`vfio.sysfs.SysfsTree`'s."""
 
     # ---- the only ways this toolkit changes the host ---------------------
     def write(self, rel: str, value: str) -> None:
@@ -206,6 +126,7 @@ class Sysfs:
             raise wrap_oserror(e, f"chown {uid}:{gid} {self.shown(rel)}") from None
 
     def modprobe(self, module: str) -> None:
+        import subprocess           # here: only loading a module runs a program
         try:
             r = subprocess.run(["modprobe", module], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:

@@ -15,7 +15,12 @@ bridge, 2: CardBus bridge).  Optional features are described by
 
 :class:`ConfigSpace` decodes a snapshot of those bytes.  It keeps the raw
 bytes (``.raw``, and ``raw`` on every capability) and adds named accessors;
-IDs it does not know stay visible as numbers (``name`` is ``None``).  Both list
+IDs it does not know stay visible as numbers (``name`` is ``None``).  The PM,
+MSI, MSI-X and PCI Express capabilities come as :class:`PmCapability`,
+:class:`MsiCapability`, :class:`MsixCapability`, :class:`PcieCapability`: the
+typed views of :mod:`vfio.pci.caps` over their bytes, so their registers are
+real properties (``cs.msix.table_bir``); other capabilities' decoded fields are
+in ``fields`` (also readable as attributes).  Both list
 walks are bounded, detect loops, and reject pointers into the header, into the
 other list's area, past the data, or not dword aligned, and capabilities that
 overlap or run off the end of their space, with a :class:`ConfigSpaceError`
@@ -61,12 +66,15 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import Error, InvalidValue
 from . import regs as R
+from .caps import CapView, MsiCap, MsixCap, PcieCap, PmCap, field as _field
+from .regs import BarKind
 
 __all__ = [
     "ConfigSpaceError", "ConfigSpaceTruncated", "Bar", "BarOrigin", "KernelResource", "parse_resources", "Rom", "BridgeWindows",
     "Capability", "ExtCapability", "ConfigSpace",
     "walk_capabilities", "walk_extended_capabilities", "capability_size", "extended_capability_size",
-    "bar_size_from_mask", "lspci_dump",
+    "bar_size_from_mask", "bar_write_mask", "rom_write_mask", "lspci_dump", "BarKind",
+    "MsiCapability", "MsixCapability", "PcieCapability", "PmCapability",
 ]
 
 
@@ -272,12 +280,12 @@ class KernelResource:
         return bool(self.flags & R.IORESOURCE_MEM)
 
     @property
-    def kind(self) -> str | None:
-        """``'io'``, ``'mem32'``, ``'mem64'``, or None when the kernel gives no type."""
+    def kind(self) -> BarKind | None:
+        """:class:`BarKind` (IO, MEM32, MEM64), or None when the kernel gives no type."""
         if self.is_io:
-            return "io"
+            return BarKind.IO
         if self.is_mem:
-            return "mem64" if self.flags & R.IORESOURCE_MEM_64 else "mem32"
+            return BarKind.MEM64 if self.flags & R.IORESOURCE_MEM_64 else BarKind.MEM32
         return None
 
     @property
@@ -320,8 +328,8 @@ def parse_resources(text: str, source: str) -> list[KernelResource]:
 class Bar:
     """One Base Address Register (a 64-bit BAR is one Bar covering two slots).
 
-    ``kind`` is ``'io'``, ``'mem32'`` or ``'mem64'`` (the obsolete "below 1 MiB"
-    memory type decodes as ``'mem32'``; ``raw`` keeps its bits).  ``raw`` is
+    ``kind`` is a :class:`BarKind` (``'io'``, ``'mem32'`` or ``'mem64'``; the obsolete
+    "below 1 MiB" memory type decodes as ``'mem32'``; ``raw`` keeps its bits).  ``raw`` is
     the register value (both dwords for ``'mem64'``), ``address`` the decoded
     base with the flag bits masked off.  ``size`` is ``None`` unless sizing
     data was given to :class:`ConfigSpace` (config bytes alone do not say).
@@ -336,7 +344,7 @@ class Bar:
     """
     index: int
     offset: int
-    kind: str
+    kind: BarKind
     prefetchable: bool
     address: int
     raw: int
@@ -348,35 +356,60 @@ class Bar:
 
     @property
     def is_io(self) -> bool:
-        return self.kind == "io"
+        return self.kind is BarKind.IO
 
     @property
     def is_64bit(self) -> bool:
-        return self.kind == "mem64"
+        return self.kind is BarKind.MEM64
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        d["kind"] = self.kind.value
         d["origin"] = self.origin.value
         return d
 
 
-def bar_size_from_mask(mask: int, kind: str) -> int:
-    """Size of a BAR from the value read back after writing all ones to it.
+def _bar_kind(kind) -> BarKind:
+    try:
+        return BarKind(kind)
+    except ValueError:
+        raise InvalidValue(f"BAR kind {kind!r} is not one of 'io', 'mem32', 'mem64'") from None
+
+
+def bar_size_from_mask(mask: int, kind: BarKind | str) -> int:
+    """Size of a BAR from the value read back after writing all ones to it
+    (the inverse of :func:`bar_write_mask`).
 
     ``mask`` is the read-back value (both dwords, upper in bits 63:32, for a
-    64-bit BAR); 0 (an unimplemented BAR) gives 0.
+    64-bit BAR); 0 (an unimplemented BAR) gives 0.  Raises
+    :class:`~vfio.errors.InvalidValue` for an unknown ``kind``.
     """
-    if kind == "io":
-        bits = mask & R.BASE_ADDRESS_IO_MASK
-    elif kind == "mem32":
-        bits = mask & R.BASE_ADDRESS_MEM_MASK
-    elif kind == "mem64":
-        bits = mask & 0xFFFFFFFFFFFFFFF0
-    else:
-        raise InvalidValue(f"BAR kind {kind!r} is not one of 'io', 'mem32', 'mem64'")
+    bits = mask & _bar_kind(kind).address_mask
     # As the kernel's pci_size(): the lowest writable address bit is the size.
     # (Devices may hardwire high bits to 0, e.g. 16-bit I/O decoders, so ~mask+1 is wrong.)
     return bits & -bits
+
+
+def bar_write_mask(kind: BarKind | str, size: int) -> int:
+    """The writable bits of a BAR of ``kind`` and ``size`` bytes: its address bits at and above
+    the size (both dwords for a 64-bit BAR), so that writing all ones reads back the size mask
+    :func:`bar_size_from_mask` decodes.  ``size`` 0 (unimplemented) gives 0.  Raises
+    :class:`~vfio.errors.InvalidValue` for an unknown ``kind`` or a size that is not a power of two."""
+    k = _bar_kind(kind)
+    if size < 0 or size & (size - 1):
+        raise InvalidValue(f"{k} BAR size {size:#x} is not a power of two")
+    return ~(size - 1) & k.address_mask if size else 0
+
+
+def rom_write_mask(size: int) -> int:
+    """The writable bits of an expansion ROM BAR of ``size`` bytes: address bits at and above
+    the size, and the enable bit; 0 for no ROM.  Raises :class:`~vfio.errors.InvalidValue`
+    for a size that is not a power of two of at least 2 KiB (the register's address field)."""
+    if not size:
+        return 0
+    if size & (size - 1) or not R.ROM_ADDRESS_MASK & -R.ROM_ADDRESS_MASK <= size <= 1 << 31:
+        raise InvalidValue(f"ROM size {size:#x} is not a power of two in [0x800, 0x80000000]")
+    return (~(size - 1) & R.ROM_ADDRESS_MASK) | R.ROM_ADDRESS_ENABLE
 
 
 @dataclass(frozen=True)
@@ -443,7 +476,13 @@ class BridgeWindows:
 # capabilities
 # ---------------------------------------------------------------------------
 class _FieldAccess:
-    """Decoded fields readable as attributes: ``cap.table_bir`` is ``cap.fields['table_bir']``."""
+    """Decoded fields readable as attributes: ``cap.cap_length`` is ``cap.fields['cap_length']``.
+
+    The capabilities with a typed view (MSI, MSI-X, PCI Express, PM: the
+    :class:`MsiCapability` ... subclasses, :mod:`vfio.pci.caps`) have their
+    registers as real properties; this lookup is what is left for the fields of
+    the other decoded capabilities.
+    """
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "fields":  # keep copy/pickle from recursing
@@ -494,6 +533,42 @@ class Capability(_FieldAccess):
             d["truncated"] = self.truncated
         return d
 
+    @property
+    def base(self) -> int:
+        """Where a typed view's registers start in ``raw`` (the capability's first byte)."""
+        return 0
+
+    def _read(self, rel: int, size: int) -> int:
+        """A register of ``raw``; a read past its end (a truncated capability) raises
+        :class:`ConfigSpaceTruncated` naming the config-space offset."""
+        if rel + size > len(self.raw):
+            raise ConfigSpaceTruncated(f"{self.label}: its {size}-byte register lies past the {len(self.raw)} "
+                                       f"bytes read", self.offset + rel)
+        return int.from_bytes(self.raw[rel:rel + size], "little")
+
+
+class PmCapability(Capability, PmCap):
+    """The Power Management capability: :class:`vfio.pci.caps.PmCap` over ``raw``."""
+
+
+class MsiCapability(Capability, MsiCap):
+    """The MSI capability: :class:`vfio.pci.caps.MsiCap` over ``raw``."""
+
+
+class MsixCapability(Capability, MsixCap):
+    """The MSI-X capability: :class:`vfio.pci.caps.MsixCap` over ``raw``."""
+
+
+class PcieCapability(Capability, PcieCap):
+    """The PCI Express capability: :class:`vfio.pci.caps.PcieCap` over ``raw``."""
+
+
+#: Capability class by standard capability ID (the typed ones; others are plain Capability).
+_TYPED_CAPS: dict[int, type[Capability]] = {
+    R.CAP_ID_PM: PmCapability, R.CAP_ID_MSI: MsiCapability, R.CAP_ID_MSIX: MsixCapability,
+    R.CAP_ID_EXP: PcieCapability,
+}
+
 
 @dataclass(frozen=True)
 class ExtCapability(_FieldAccess):
@@ -529,6 +604,10 @@ class _Ctx:
         self.vendor_id = vendor_id
         self.pcie_type = pcie_type
 
+    def read(self, off, size):
+        """A register for a typed view (:mod:`vfio.pci.caps`), bounds-checked like u8/u16/u32."""
+        return _rd(self.data, off, size, self.source)
+
     def u8(self, off):
         return _rd(self.data, off, 1, self.source)
 
@@ -543,112 +622,25 @@ def _bit(v: int, mask: int) -> bool:
     return bool(v & mask)
 
 
-def _field(v: int, mask: int) -> int:
-    return (v & mask) >> ((mask & -mask).bit_length() - 1)
-
-
 # Each decoder returns (size_in_bytes, fields).  Size is what the capability
 # occupies; it is used for ``raw`` and for the overlap / end-of-space checks.
 
-def _dec_pm(c: _Ctx, o: int):
-    pmc, pmcsr = c.u16(o + R.PM_PMC), c.u16(o + R.PM_CTRL)
-    pme = _field(pmc, R.PM_CAP_PME_MASK)
-    return R.PM_SIZEOF, {
-        "pmc": pmc, "pmcsr": pmcsr,
-        "version": pmc & R.PM_CAP_VER_MASK,
-        "pme_clock": _bit(pmc, R.PM_CAP_PME_CLOCK),
-        "dsi": _bit(pmc, R.PM_CAP_DSI),
-        "aux_current_ma": R.PM_AUX_CURRENT_MA[_field(pmc, R.PM_CAP_AUX_POWER)],
-        "d1_support": _bit(pmc, R.PM_CAP_D1),
-        "d2_support": _bit(pmc, R.PM_CAP_D2),
-        "pme_support": {s: bool(pme & (1 << i)) for i, s in enumerate(("D0", "D1", "D2", "D3hot", "D3cold"))},
-        "power_state": pmcsr & R.PM_CTRL_STATE_MASK,
-        "power_state_name": ("D0", "D1", "D2", "D3hot")[pmcsr & R.PM_CTRL_STATE_MASK],
-        "no_soft_reset": _bit(pmcsr, R.PM_CTRL_NO_SOFT_RESET),
-        "pme_enable": _bit(pmcsr, R.PM_CTRL_PME_ENABLE),
-        "data_select": _field(pmcsr, R.PM_CTRL_DATA_SEL_MASK),
-        "data_scale": _field(pmcsr, R.PM_CTRL_DATA_SCALE_MASK),
-        "pme_status": _bit(pmcsr, R.PM_CTRL_PME_STATUS),
-        "bridge_extensions": c.u8(o + R.PM_PPB_EXTENSIONS),
-        "data": c.u8(o + R.PM_DATA_REGISTER),
-    }
-
-
-def msi_capability_size(control: int) -> int:
-    """Bytes an MSI capability occupies, from its Message Control register."""
-    return 10 + (4 if control & R.MSI_FLAGS_64BIT else 0) + (10 if control & R.MSI_FLAGS_MASKBIT else 0)
-
-
-def _dec_msi(c: _Ctx, o: int):
-    ctl = c.u16(o + R.MSI_FLAGS)
-    is64 = _bit(ctl, R.MSI_FLAGS_64BIT)
-    maskable = _bit(ctl, R.MSI_FLAGS_MASKBIT)
-    addr = c.u32(o + R.MSI_ADDRESS_LO)
-    if is64:
-        addr |= c.u32(o + R.MSI_ADDRESS_HI) << 32
-    data_off = R.MSI_DATA_64 if is64 else R.MSI_DATA_32
-    mask_off = R.MSI_MASK_64 if is64 else R.MSI_MASK_32
-    pend_off = R.MSI_PENDING_64 if is64 else R.MSI_PENDING_32
-    mmc = _field(ctl, R.MSI_FLAGS_QMASK)
-    mme = _field(ctl, R.MSI_FLAGS_QSIZE)
-    return msi_capability_size(ctl), {
-        "control": ctl,
-        "enabled": _bit(ctl, R.MSI_FLAGS_ENABLE),
-        "multiple_message_capable_code": mmc,
-        "vectors_capable": 1 << mmc,
-        "multiple_message_enable_code": mme,
-        "vectors_enabled": 1 << mme,
-        "is_64bit": is64,
-        "per_vector_masking": maskable,
-        "address": addr,
-        "data": c.u16(o + data_off),
-        "mask_bits": c.u32(o + mask_off) if maskable else None,
-        "pending_bits": c.u32(o + pend_off) if maskable else None,
-    }
-
-
-def _dec_msix(c: _Ctx, o: int):
-    ctl, table, pba = c.u16(o + R.MSIX_FLAGS), c.u32(o + R.MSIX_TABLE), c.u32(o + R.MSIX_PBA)
-    return R.CAP_MSIX_SIZEOF, {
-        "control": ctl,
-        "table_size": (ctl & R.MSIX_FLAGS_QSIZE) + 1,
-        "enabled": _bit(ctl, R.MSIX_FLAGS_ENABLE),
-        "function_mask": _bit(ctl, R.MSIX_FLAGS_MASKALL),
-        "table_bir": table & R.MSIX_TABLE_BIR,
-        "table_offset": table & R.MSIX_TABLE_OFFSET,
-        "pba_bir": pba & R.MSIX_PBA_BIR,
-        "pba_offset": pba & R.MSIX_PBA_OFFSET,
-    }
-
-
-def pcie_capability_size(flags: int) -> int:
-    """Bytes a PCI Express capability occupies, from its Capabilities register.
-
-    Version 2 and later: all registers through Slot Status 2 (0x3c).  Version 1
-    keeps only the registers its port type has: endpoints end after the link
-    registers (0x14), ports with a slot after the slot registers (0x1c), root
-    ports and event collectors after Root Status (0x24).
-    """
-    if (flags & R.EXP_FLAGS_VERS) >= 2:
-        return R.CAP_EXP_SIZEOF_V2
-    ptype = _field(flags, R.EXP_FLAGS_TYPE)
-    if ptype in (R.EXP_TYPE_ROOT_PORT, R.EXP_TYPE_RC_EC):
-        return R.EXP_RTSTA + 4
-    if flags & R.EXP_FLAGS_SLOT:
-        return R.EXP_SLTSTA + 2
-    return R.CAP_EXP_ENDPOINT_SIZEOF_V1
+def _view_decoder(view: type[CapView]) -> Callable[[_Ctx, int], tuple[int, dict]]:
+    """A decoder that is the typed view's own size and fields (PM, MSI, MSI-X)."""
+    def dec(c: _Ctx, o: int):
+        v = view(c.read, o)
+        return v.size, v.decoded()
+    dec.__name__ = f"_dec_{view.__name__}"
+    return dec
 
 
 def _dec_exp(c: _Ctx, o: int):
-    flags = c.u16(o + R.EXP_FLAGS)
-    size = pcie_capability_size(flags)
-    version = flags & R.EXP_FLAGS_VERS
-    ptype = _field(flags, R.EXP_FLAGS_TYPE)
-    slot = _bit(flags, R.EXP_FLAGS_SLOT)
-    devcap, devctl, devsta = c.u32(o + R.EXP_DEVCAP), c.u16(o + R.EXP_DEVCTL), c.u16(o + R.EXP_DEVSTA)
+    v = PcieCap(c.read, o)
+    size = v.size
+    devcap, devctl, devsta = v.devcap, v.devctl, v.devsta
     f: dict[str, Any] = {
-        "flags": flags, "version": version, "port_type": ptype, "port_type_name": R.EXP_TYPE_NAMES.get(ptype),
-        "slot_implemented": slot, "interrupt_message_number": _field(flags, R.EXP_FLAGS_IRQ),
+        "flags": v.flags, "version": v.version, "port_type": v.port_type, "port_type_name": v.port_type_name,
+        "slot_implemented": v.slot_implemented, "interrupt_message_number": v.interrupt_message_number,
         "devcap": devcap,
         "max_payload_supported": R.EXP_PAYLOAD_BYTES[devcap & R.EXP_DEVCAP_PAYLOAD],
         "phantom_functions": _field(devcap, R.EXP_DEVCAP_PHANTOM),
@@ -677,8 +669,8 @@ def _dec_exp(c: _Ctx, o: int):
         "unsupported_request_detected": _bit(devsta, R.EXP_DEVSTA_URD),
         "transactions_pending": _bit(devsta, R.EXP_DEVSTA_TRPND),
     }
-    if size > R.EXP_LNKSTA:
-        lnkcap, lnkctl, lnksta = c.u32(o + R.EXP_LNKCAP), c.u16(o + R.EXP_LNKCTL), c.u16(o + R.EXP_LNKSTA)
+    if v.has_link():
+        lnkcap, lnkctl, lnksta = v.lnkcap, v.lnkctl, v.lnksta
         f.update({
             "lnkcap": lnkcap,
             "port_number": _field(lnkcap, R.EXP_LNKCAP_PN),
@@ -700,8 +692,8 @@ def _dec_exp(c: _Ctx, o: int):
             "slot_clock": _bit(lnksta, R.EXP_LNKSTA_SLC),
             "dll_link_active": _bit(lnksta, R.EXP_LNKSTA_DLLLA),
         })
-    if slot and size > R.EXP_SLTSTA:
-        sltcap, sltctl, sltsta = c.u32(o + R.EXP_SLTCAP), c.u16(o + R.EXP_SLTCTL), c.u16(o + R.EXP_SLTSTA)
+    if v.has_slot():
+        sltcap, sltctl, sltsta = v.sltcap, v.sltctl, v.sltsta
         f.update({
             "sltcap": sltcap,
             "physical_slot_number": _field(sltcap, R.EXP_SLTCAP_PSN),
@@ -720,19 +712,15 @@ def _dec_exp(c: _Ctx, o: int):
             "sltsta": sltsta,
             "presence_detect": _bit(sltsta, R.EXP_SLTSTA_PDS),
         })
-    if ptype in (R.EXP_TYPE_ROOT_PORT, R.EXP_TYPE_RC_EC) and size > R.EXP_RTSTA:
-        f.update({"rtctl": c.u16(o + R.EXP_RTCTL), "rtcap": c.u16(o + R.EXP_RTCAP), "rtsta": c.u32(o + R.EXP_RTSTA)})
-    if version >= 2:
-        lnkcap2 = c.u32(o + R.EXP_LNKCAP2)
-        lnkctl2 = c.u16(o + R.EXP_LNKCTL2)
+    if v.has_root():
+        f.update({"rtctl": v.rtctl, "rtcap": v.rtcap, "rtsta": v.rtsta})
+    if v.version >= 2:
+        lnkcap2, lnkctl2 = v.lnkcap2, v.lnkctl2
         f.update({
-            "devcap2": c.u32(o + R.EXP_DEVCAP2), "devctl2": c.u16(o + R.EXP_DEVCTL2),
-            "devsta2": c.u16(o + R.EXP_DEVSTA2),
+            "devcap2": v.devcap2, "devctl2": v.devctl2, "devsta2": v.devsta2,
             "lnkcap2": lnkcap2, "supported_link_speeds_vector": _field(lnkcap2, R.EXP_LNKCAP2_SLS),
             "lnkctl2": lnkctl2, "target_link_speed": lnkctl2 & R.EXP_LNKCTL2_TLS,
-            "lnksta2": c.u16(o + R.EXP_LNKSTA2),
-            "sltcap2": c.u32(o + R.EXP_SLTCAP2), "sltctl2": c.u16(o + R.EXP_SLTCTL2),
-            "sltsta2": c.u16(o + R.EXP_SLTSTA2),
+            "lnksta2": v.lnksta2, "sltcap2": v.sltcap2, "sltctl2": v.sltctl2, "sltsta2": v.sltsta2,
         })
     return size, f
 
@@ -818,12 +806,14 @@ def _dec_pcix(c: _Ctx, o: int):
 
 
 def _dec_vpd(c: _Ctx, o: int):
-    addr = c.u16(o + 2)
-    return 8, {"address": addr & 0x7FFF, "flag": _bit(addr, 0x8000), "data": c.u32(o + 4)}
+    addr = c.u16(o + R.VPD_ADDR)
+    return R.CAP_VPD_SIZEOF, {"address": addr & ~R.VPD_ADDR_F, "flag": _bit(addr, R.VPD_ADDR_F),
+                              "data": c.u32(o + R.VPD_DATA)}
 
 
 _STD_DECODERS: dict[int, Callable[[_Ctx, int], tuple[int, dict]]] = {
-    R.CAP_ID_PM: _dec_pm, R.CAP_ID_MSI: _dec_msi, R.CAP_ID_MSIX: _dec_msix, R.CAP_ID_EXP: _dec_exp,
+    R.CAP_ID_PM: _view_decoder(PmCap), R.CAP_ID_MSI: _view_decoder(MsiCap), R.CAP_ID_MSIX: _view_decoder(MsixCap),
+    R.CAP_ID_EXP: _dec_exp,
     R.CAP_ID_VNDR: _dec_vndr, R.CAP_ID_SSVID: _dec_ssvid, R.CAP_ID_SLOTID: _dec_slotid,
     R.CAP_ID_SHPC: _dec_shpc, R.CAP_ID_SATA: _dec_sata, R.CAP_ID_AF: _dec_af, R.CAP_ID_EA: _dec_ea,
     R.CAP_ID_PCIX: _dec_pcix, R.CAP_ID_VPD: _dec_vpd,
@@ -912,16 +902,16 @@ def _vf_bar_regions(regs: list[int]) -> list[dict]:
     while i < len(regs):
         raw = regs[i]
         if raw & R.BASE_ADDRESS_SPACE_IO:          # not allowed for VFs, shown as it reads
-            kind, addr, width = "io", raw & R.BASE_ADDRESS_IO_MASK, 1
+            kind, addr = BarKind.IO, raw & R.BASE_ADDRESS_IO_MASK
         elif raw & R.BASE_ADDRESS_MEM_TYPE_MASK == R.BASE_ADDRESS_MEM_TYPE_64 and i + 1 < len(regs):
             raw |= regs[i + 1] << 32
-            kind, addr, width = "mem64", raw & ~0xF, 2
+            kind, addr = BarKind.MEM64, raw & R.BASE_ADDRESS_MEM64_MASK
         else:
-            kind, addr, width = "mem32", raw & R.BASE_ADDRESS_MEM_MASK, 1
+            kind, addr = BarKind.MEM32, raw & R.BASE_ADDRESS_MEM_MASK
         if raw:
-            pref = kind != "io" and _bit(raw, R.BASE_ADDRESS_MEM_PREFETCH)
-            out.append({"index": i, "kind": kind, "prefetchable": pref, "address": addr, "raw": raw})
-        i += width
+            pref = kind is not BarKind.IO and _bit(raw, R.BASE_ADDRESS_MEM_PREFETCH)
+            out.append({"index": i, "kind": kind.value, "prefetchable": pref, "address": addr, "raw": raw})
+        i += kind.slots
     return out
 
 
@@ -1271,11 +1261,11 @@ class ConfigSpace:
             if kr is not None and kr.kind is not None:
                 bar = self._kernel_bar(i, off, raw, kr, cmd)
                 out.append(bar)
-                i += 2 if bar.kind == "mem64" else 1
+                i += bar.kind.slots
                 continue
             size = self.bar_sizes.get(i)
             if raw & R.BASE_ADDRESS_SPACE_IO:
-                bar = Bar(i, off, "io", False, raw & R.BASE_ADDRESS_IO_MASK, raw, size,
+                bar = Bar(i, off, BarKind.IO, False, raw & R.BASE_ADDRESS_IO_MASK, raw, size,
                           disabled=not cmd & R.COMMAND_IO)
                 i += 1
             else:
@@ -1287,10 +1277,10 @@ class ConfigSpace:
                         raise ConfigSpaceError(f"BAR{i} is 64-bit but is the last BAR of a type "
                                                f"{self.header_type} header: no upper half", off, self.source)
                     raw64 = raw | (self._u32(off + 4) << 32)
-                    bar = Bar(i, off, "mem64", pref, raw64 & 0xFFFFFFFFFFFFFFF0, raw64, size, disabled=dis)
+                    bar = Bar(i, off, BarKind.MEM64, pref, raw64 & R.BASE_ADDRESS_MEM64_MASK, raw64, size, disabled=dis)
                     i += 2
                 elif mtype in (R.BASE_ADDRESS_MEM_TYPE_32, R.BASE_ADDRESS_MEM_TYPE_1M):
-                    bar = Bar(i, off, "mem32", pref, raw & R.BASE_ADDRESS_MEM_MASK, raw, size, disabled=dis)
+                    bar = Bar(i, off, BarKind.MEM32, pref, raw & R.BASE_ADDRESS_MEM_MASK, raw, size, disabled=dis)
                     i += 1
                 else:
                     raise ConfigSpaceError(f"BAR{i} has the reserved memory type 3 ({raw:#010x})", off, self.source)
@@ -1310,12 +1300,12 @@ class ConfigSpace:
         capability), or a fixed legacy one.  As in lspci, a virtual BAR is
         never ``[disabled]``: the Command register does not govern it."""
         kind = kr.kind
-        if kind == "mem64":
+        if kind is BarKind.MEM64:
             if i + 1 >= self.num_bar_slots:
                 raise ConfigSpaceError(f"the kernel has BAR{i} as 64-bit but it is the last BAR of a type "
                                        f"{self.header_type} header", off, self.source)
             raw |= self._u32(off + 4) << 32
-        hw = raw & (R.BASE_ADDRESS_IO_MASK if kind == "io" else 0xFFFFFFFFFFFFFFF0)
+        hw = raw & (R.BASE_ADDRESS_IO_MASK if kind is BarKind.IO else R.BASE_ADDRESS_MEM64_MASK)
         if kr.enhanced:
             origin, virtual = BarOrigin.ENHANCED, False
         elif hw == 0 and kr.start != 0:
@@ -1323,7 +1313,7 @@ class ConfigSpace:
             virtual = True
         else:
             origin, virtual = BarOrigin.REGISTER, False
-        decode = R.COMMAND_IO if kind == "io" else R.COMMAND_MEMORY
+        decode = R.COMMAND_IO if kind is BarKind.IO else R.COMMAND_MEMORY
         return Bar(i, off, kind, kr.prefetchable, kr.start if kr.start else hw, raw,
                    kr.size or self.bar_sizes.get(i), origin, virtual, kr.fixed,
                    disabled=not virtual and not cmd & decode)
@@ -1398,7 +1388,7 @@ class ConfigSpace:
                                          f"{e.pointer:#05x}), past the end of the {len(self.raw)} bytes read"))
         decoded = _decode_list(entries, _STD_DECODERS, self._ctx(), R.STD_HEADER_SIZEOF, R.CFG_SPACE_SIZE,
                                "capability")
-        return [Capability(cid, off, nxt, R.CAP_NAMES.get(cid), raw, fields, cut)
+        return [_TYPED_CAPS.get(cid, Capability)(cid, off, nxt, R.CAP_NAMES.get(cid), raw, fields, cut)
                 for (off, cid, nxt), (_size, fields, raw, cut) in zip(entries, decoded)]
 
     @property

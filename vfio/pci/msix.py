@@ -32,12 +32,24 @@ from dataclasses import dataclass
 from ..errors import InvalidValue, RegionAccessError, VectorOutOfRange
 from ..irq import EventFd
 from . import regs as R
+from .caps import MsixCap
 
 __all__ = ["MsiMessage", "Vector", "MsixTable", "MSIX_ENTRY_MASKED"]
 
 #: Vector Control bit 0: the vector is masked.
 MSIX_ENTRY_MASKED = 0x1
 _ENTRY_ADDR_LO, _ENTRY_ADDR_HI, _ENTRY_DATA, _ENTRY_CTRL = 0, 4, 8, 12
+
+
+def eventfd_pair(first: str, second: str) -> tuple[EventFd, EventFd]:
+    """Two new eventfds (named ``first`` and ``second``): an interrupt's guest-facing one and its
+    companion (masked-pending, or INTx resample).  Neither is left open if the second fails."""
+    a = EventFd(first)
+    try:
+        return a, EventFd(second)
+    except BaseException:
+        a.close()
+        raise
 
 
 @dataclass(frozen=True)
@@ -67,12 +79,8 @@ class Vector:
     def __init__(self, index: int, number: int, label: str):
         self.index = index          # VFIO IRQ index (MSI or MSI-X)
         self.number = number
-        self.eventfd = EventFd(f"{label} vector {number}")
-        try:
-            self._pending_efd = EventFd(f"{label} vector {number} (masked)")
-        except BaseException:
-            self.eventfd.close()
-            raise
+        self.eventfd, self._pending_efd = eventfd_pair(f"{label} vector {number}",
+                                                       f"{label} vector {number} (masked)")
         self.masked = True
         self._pending = False
 
@@ -128,11 +136,11 @@ class MsixTable:
 
     @property
     def table_bytes(self) -> int:
-        return self.size * R.MSIX_ENTRY_SIZE
+        return MsixCap.table_bytes_for(self.size)
 
     @property
     def pba_bytes(self) -> int:
-        return (self.size + 63) // 64 * 8
+        return MsixCap.pba_bytes_for(self.size)
 
     def reset(self) -> None:
         self.table[:] = bytes(len(self.table))

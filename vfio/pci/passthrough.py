@@ -64,21 +64,38 @@ from typing import Callable, Iterable, Mapping
 from .. import uapi
 from ..device import Device, PAGE_SIZE, Region
 from ..dma import DmaBuffer, DmaMapping
-from .._resource import release_mmap
+from .. import memory
 from ..errors import FeatureMissing, InvalidValue, RegionAccessError, UnsafeOperationError, VfioError
 from . import regs as R
-from .config import msi_capability_size
-from .msix import MsiMessage, MsixTable, Vector
+from .caps import MsiCap, MsixCap
+from .msix import MsiMessage, MsixTable, Vector, eventfd_pair
+from .regs import BarKind, ValueEnum
 from .vconfig import StateMismatchError, VirtualConfigSpace
 
-__all__ = ["PassthroughDevice", "PassthroughBar", "DirectArea", "Intx", "STATE_FORMAT", "STATE_VERSION",
+__all__ = ["PassthroughDevice", "PassthroughBar", "DirectArea", "Intx", "IrqMode", "STATE_FORMAT", "STATE_VERSION",
            "StateMismatchError", "MsiMessage", "Vector"]
 
 STATE_FORMAT = "vfio.pci.passthrough"
 STATE_VERSION = 1
 
 _INTX, _MSI, _MSIX = uapi.VFIO_PCI_INTX_IRQ_INDEX, uapi.VFIO_PCI_MSI_IRQ_INDEX, uapi.VFIO_PCI_MSIX_IRQ_INDEX
-_MODE_INDEX = {"intx": _INTX, "msi": _MSI, "msix": _MSIX}
+
+
+class IrqMode(ValueEnum):
+    """Which interrupt kind is programmed in the kernel (vfio-pci allows one at a time).
+
+    ``pt.irq_mode == "msix"`` holds and saved state keeps the value.
+    """
+    NONE = "none"
+    INTX = "intx"
+    MSI = "msi"
+    MSIX = "msix"
+
+    @property
+    def irq_index(self) -> int:
+        """The VFIO IRQ index of the mode (VFIO_PCI_*_IRQ_INDEX); not for NONE."""
+        return {IrqMode.INTX: _INTX, IrqMode.MSI: _MSI, IrqMode.MSIX: _MSIX}[self]
+
 _TRIGGER_EVENTFD = uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
 _FROM_DEVICE = object()
 
@@ -115,7 +132,9 @@ def _subtract(areas: Iterable[tuple[int, int]], holes: Iterable[tuple[int, int]]
 @dataclass(frozen=True)
 class DirectArea:
     """A part of a BAR a VMM may map straight into the guest: ``size`` bytes at BAR
-    ``offset``, mmap'ed at ``host_address`` (the ``userspace_addr`` of a KVM memory slot)."""
+    ``offset``, mmap'ed at ``host_address`` (the ``userspace_addr`` of a KVM memory slot).
+
+    The BAR owns ``mapping``: the address is valid until the BAR is closed."""
     bar: int
     offset: int
     size: int
@@ -123,7 +142,7 @@ class DirectArea:
 
     @property
     def host_address(self) -> int:
-        return ctypes.addressof(ctypes.c_char.from_buffer(self.mapping))
+        return memory.base_address(self.mapping)
 
 
 class PassthroughBar:
@@ -137,7 +156,7 @@ class PassthroughBar:
     like I/O port BARs, through pread/pwrite).
     """
 
-    def __init__(self, pt: "PassthroughDevice", index: int, kind: str, size: int, prefetchable: bool,
+    def __init__(self, pt: "PassthroughDevice", index: int, kind: BarKind, size: int, prefetchable: bool,
                  region: Region):
         self._pt = pt
         self.index, self.kind, self.size, self.prefetchable = index, kind, size, prefetchable
@@ -161,7 +180,7 @@ class PassthroughBar:
 
     @property
     def is_io(self) -> bool:
-        return self.kind == "io"
+        return self.kind is BarKind.IO
 
     @property
     def address(self) -> int:
@@ -187,12 +206,18 @@ class PassthroughBar:
         return _subtract([(0, self.size)], [(o, o + s) for o, s in self.direct_areas])
 
     def map_direct(self) -> list[DirectArea]:
-        """mmap every direct area (once; owned by the BAR) for a VMM to install as guest memory."""
+        """mmap every direct area (once; owned by the BAR) for a VMM to install as guest memory.
+
+        Raises :class:`VfioError` (errno kept, BAR and area named) if the kernel refuses one;
+        the areas mapped before it are unmapped."""
         if not self._direct:
             backend = self._pt.device.backend
             try:
                 for off, size in self.direct_areas:
-                    mm = backend.mmap(self.region.info.offset + off, size)
+                    try:
+                        mm = backend.mmap(self.region.info.offset + off, size, memory.PROT_RW)
+                    except VfioError as e:
+                        raise VfioError(e.errno, f"BAR{self.index} direct area {off:#x}+{size:#x}: {e.what}") from None
                     self._direct.append(DirectArea(self.index, off, size, mm))
             except BaseException:
                 self._close_direct()
@@ -235,7 +260,7 @@ class PassthroughBar:
     def _close_direct(self) -> None:
         direct, self._direct = self._direct, []
         for d in direct:
-            release_mmap(d.mapping)
+            memory.release(d.mapping)
 
     def close(self) -> None:
         self._close_direct()
@@ -253,13 +278,7 @@ class Intx:
     """
 
     def __init__(self, label: str):
-        from ..irq import EventFd
-        self.eventfd = EventFd(f"{label} INTx")
-        try:
-            self.resample = EventFd(f"{label} INTx resample")
-        except BaseException:
-            self.eventfd.close()
-            raise
+        self.eventfd, self.resample = eventfd_pair(f"{label} INTx", f"{label} INTx resample")
 
     def close(self) -> None:
         self.eventfd.close()
@@ -284,10 +303,11 @@ class PassthroughDevice:
         self.dma = getattr(device, "dma", None) if dma is _FROM_DEVICE else dma
         self._owns_device = owns_device
         self._closed = False
-        self._mode = "none"              # which IRQ index is programmed in the kernel
-        self._msi_programmed = 0         # MSI vectors programmed while the mode is "msi"
-        self._msi_off = self._msix_off = None
-        self._msi_64 = self._msi_maskable = False
+        self._mode = IrqMode.NONE        # which IRQ index is programmed in the kernel
+        self._msi_programmed = 0         # MSI vectors programmed while the mode is MSI
+        #: typed views of the virtual MSI / MSI-X capabilities (they follow the guest's writes)
+        self._msi: MsiCap | None = None
+        self._msix: MsixCap | None = None
         self._intx_wanted = False
         self._guest_ram: list[DmaMapping] = []
         self.route_listeners: list[RouteListener] = []
@@ -355,34 +375,28 @@ class PassthroughDevice:
         return self.device.irq_info(index).count
 
     def _setup_msi(self, label: str) -> None:
-        self._msi_off = self.config.find_capability(R.CAP_ID_MSI)
-        if self._msi_off is None:
-            return
-        ctl = self.config.peek(self._msi_off + R.MSI_FLAGS, 2)
-        capable = 1 << ((ctl & R.MSI_FLAGS_QMASK) >> 1)
-        n = min(capable, self._irq_count(_MSI))
-        if n == 0:
-            # the kernel offers no MSI vector: a capability the guest could enable but never use
-            self.config.hide_capability(self._msi_off)
-            self._msi_off = None
-            return
-        self._msi_64 = bool(ctl & R.MSI_FLAGS_64BIT)
-        self._msi_maskable = bool(ctl & R.MSI_FLAGS_MASKBIT)
-        self._msi_vectors = [Vector(_MSI, v, f"{label} MSI") for v in range(n)]
-        self.config.watch(self._msi_off, msi_capability_size(ctl), self._msi_written)
-
-    def _setup_msix(self, label: str) -> None:
-        self._msix_off = off = self.config.find_capability(R.CAP_ID_MSIX)
+        off = self.config.find_capability(R.CAP_ID_MSI)
         if off is None:
             return
-        ctl = self.config.peek(off + R.MSIX_FLAGS, 2)
-        table, pba = self.config.peek(off + R.MSIX_TABLE, 4), self.config.peek(off + R.MSIX_PBA, 4)
-        size = (ctl & R.MSIX_FLAGS_QSIZE) + 1
+        msi = MsiCap(self.config.peek, off)
+        n = min(msi.vectors_capable, self._irq_count(_MSI))
+        if n == 0:
+            # the kernel offers no MSI vector: a capability the guest could enable but never use
+            self.config.hide_capability(off)
+            return
+        self._msi = msi
+        self._msi_vectors = [Vector(_MSI, v, f"{label} MSI") for v in range(n)]
+        self.config.watch(off, msi.size, self._msi_written)
+
+    def _setup_msix(self, label: str) -> None:
+        off = self.config.find_capability(R.CAP_ID_MSIX)
+        if off is None:
+            return
+        msix = MsixCap(self.config.peek, off)
+        size = msix.table_size
         kernel = self._irq_count(_MSIX)
-        tbir, toff = table & R.MSIX_TABLE_BIR, table & R.MSIX_TABLE_OFFSET
-        pbir, poff = pba & R.MSIX_PBA_BIR, pba & R.MSIX_PBA_OFFSET
-        for what, bir, o, length in (("table", tbir, toff, size * R.MSIX_ENTRY_SIZE),
-                                     ("PBA", pbir, poff, (size + 63) // 64 * 8)):
+        tbir, toff, pbir, poff = msix.table_bir, msix.table_offset, msix.pba_bir, msix.pba_offset
+        for what, bir, o, length in (("table", tbir, toff, msix.table_bytes), ("PBA", pbir, poff, msix.pba_bytes)):
             bar = self.bars.get(bir)
             if bar is None or bar.is_io or o + length > bar.size:
                 raise VfioError(errno.EPROTO, f"MSI-X capability at {off:#x} of {self.name}: {what} at BAR{bir} "
@@ -390,12 +404,13 @@ class PassthroughDevice:
         if kernel < size:
             raise VfioError(errno.EPROTO, f"MSI-X capability at {off:#x} of {self.name} has {size} vectors, "
                             f"the kernel's MSI-X IRQ index {kernel}")
+        self._msix = msix
         self._msix_vectors = [Vector(_MSIX, v, f"{label} MSI-X") for v in range(size)]
         self.msix_table = MsixTable(size, pending=lambda v: self._msix_vectors[v].pending)
         self.bars[tbir]._emulate(toff, self.msix_table.table_bytes, self.msix_table.read_table,
                                  self._msix_table_written)
         self.bars[pbir]._emulate(poff, self.msix_table.pba_bytes, self.msix_table.read_pba, self._pba_written)
-        self.config.watch(off + R.MSIX_FLAGS, 2, self._msix_control_written)
+        self.config.watch(off + msix.control_offset, 2, self._msix_control_written)
 
     # ------------------------------------------------------------------ ConfigBacking
     def passthrough_read(self, offset: int, size: int) -> int:
@@ -407,8 +422,8 @@ class PassthroughDevice:
     # ------------------------------------------------------------------ guest config accesses
     def config_read(self, offset: int, size: int) -> int:
         """A guest config read (1, 2 or 4 bytes, naturally aligned)."""
-        if self._msi_off is not None and self._msi_maskable:
-            pend = self._msi_off + (R.MSI_PENDING_64 if self._msi_64 else R.MSI_PENDING_32)
+        if self._msi is not None and self._msi.maskable:
+            pend = self._msi.base + self._msi.pending_offset
             if offset < pend + 4 and pend < offset + size:
                 self.config.poke(pend, 4, sum(1 << v.number for v in self._msi_vectors if v.pending))
         return self.config.read(offset, size)
@@ -437,21 +452,24 @@ class PassthroughDevice:
         raise RegionAccessError(f"{self.name}: no BAR with decode enabled claims {space} {addr:#x} "
                                 f"(+{size}) (Command {self._command:#06x})")
 
+    def _dispatch(self, addr: int, size: int, io: bool, value: int | None = None) -> int | None:
+        bar, off = self._claim(addr, size, io)
+        if value is None:
+            return bar.read(off, size)
+        bar.write(off, size, value)
+        return None
+
     def mmio_read(self, gpa: int, size: int) -> int:
-        bar, off = self._claim(gpa, size, False)
-        return bar.read(off, size)
+        return self._dispatch(gpa, size, False)
 
     def mmio_write(self, gpa: int, size: int, value: int) -> None:
-        bar, off = self._claim(gpa, size, False)
-        bar.write(off, size, value)
+        self._dispatch(gpa, size, False, value)
 
     def io_read(self, port: int, size: int) -> int:
-        bar, off = self._claim(port, size, True)
-        return bar.read(off, size)
+        return self._dispatch(port, size, True)
 
     def io_write(self, port: int, size: int, value: int) -> None:
-        bar, off = self._claim(port, size, True)
-        bar.write(off, size, value)
+        self._dispatch(port, size, True, value)
 
     def bar(self, index: int) -> PassthroughBar:
         b = self.bars.get(index)
@@ -461,8 +479,9 @@ class PassthroughDevice:
 
     # ------------------------------------------------------------------ interrupts: state
     @property
-    def irq_mode(self) -> str:
-        """Which interrupt kind is programmed in the kernel: 'none', 'intx', 'msi' or 'msix'."""
+    def irq_mode(self) -> IrqMode:
+        """Which interrupt kind is programmed in the kernel (an :class:`IrqMode`: 'none', 'intx',
+        'msi' or 'msix')."""
         return self._mode
 
     def msi_vector(self, n: int) -> Vector:
@@ -485,13 +504,10 @@ class PassthroughDevice:
 
     def msi_message(self, n: int) -> MsiMessage:
         """The message of MSI vector ``n`` as the guest programmed it (data low bits = vector number)."""
-        off = self._msi_off
-        if off is None or not 0 <= n < len(self._msi_vectors):
+        msi = self._msi
+        if msi is None or not 0 <= n < len(self._msi_vectors):
             raise FeatureMissing(f"{self.name}: no MSI vector {n}")
-        lo = self.config.peek(off + R.MSI_ADDRESS_LO, 4)
-        hi = self.config.peek(off + R.MSI_ADDRESS_HI, 4) if self._msi_64 else 0
-        data = self.config.peek(off + (R.MSI_DATA_64 if self._msi_64 else R.MSI_DATA_32), 2)
-        return MsiMessage(lo | hi << 32, data | n)
+        return MsiMessage(msi.address, msi.data | n)
 
     def msix_message(self, n: int) -> MsiMessage:
         if self.msix_table is None:
@@ -499,21 +515,15 @@ class PassthroughDevice:
         return self.msix_table.message(n)
 
     def _msi_enabled_count(self) -> int:
-        ctl = self.config.peek(self._msi_off + R.MSI_FLAGS, 2)
-        if not ctl & R.MSI_FLAGS_ENABLE:
+        if not self._msi.enabled:
             return 0
-        return min(1 << ((ctl & R.MSI_FLAGS_QSIZE) >> 4), len(self._msi_vectors))
+        return min(self._msi.vectors_enabled, len(self._msi_vectors))
 
     def _msi_mask_bits(self) -> int:
-        if not self._msi_maskable:
-            return 0
-        return self.config.peek(self._msi_off + (R.MSI_MASK_64 if self._msi_64 else R.MSI_MASK_32), 4)
-
-    def _msix_control(self) -> int:
-        return self.config.peek(self._msix_off + R.MSIX_FLAGS, 2)
+        return self._msi.mask_bits or 0          # None: not maskable, nothing masked
 
     def _msix_effective_mask(self, n: int) -> bool:
-        return bool(self._msix_control() & R.MSIX_FLAGS_MASKALL) or self.msix_table.masked(n)
+        return self._msix.function_mask or self.msix_table.masked(n)
 
     def _notify(self, index: int, n: int) -> None:
         for fn in list(self.route_listeners):
@@ -533,25 +543,25 @@ class PassthroughDevice:
             self.device.disable_irq(_INTX)
             raise
 
-    def _switch(self, mode: str) -> None:
+    def _switch(self, mode: IrqMode) -> None:
         """Make ``mode`` the programmed interrupt kind (tearing down the current one)."""
-        if self._mode != "none":
-            self._mode, old = "none", self._mode
-            self.device.disable_irq(_MODE_INDEX[old])
-        if mode == "intx":
+        if self._mode is not IrqMode.NONE:
+            self._mode, old = IrqMode.NONE, self._mode
+            self.device.disable_irq(old.irq_index)
+        if mode is IrqMode.INTX:
             self._program_intx()
-        elif mode == "msi":
+        elif mode is IrqMode.MSI:
             n = self._msi_enabled_count()
             self._apply_msi_masks()
             self._program(_MSI, self._msi_vectors[:n])
             self._msi_programmed = n
-        elif mode == "msix":
+        elif mode is IrqMode.MSIX:
             self._apply_msix_masks(range(len(self._msix_vectors)))
             self._program(_MSIX, self._msix_vectors)
         self._mode = mode
 
-    def _fallback_mode(self) -> str:
-        return "intx" if self._intx_wanted and self.intx is not None else "none"
+    def _fallback_mode(self) -> IrqMode:
+        return IrqMode.INTX if self._intx_wanted and self.intx is not None else IrqMode.NONE
 
     def _apply_msi_masks(self) -> list[Vector]:
         """Set each MSI vector's mask from the capability; returns the vectors whose mask changed."""
@@ -590,25 +600,24 @@ class PassthroughDevice:
     def _msi_written(self, offset: int, size: int, value: int) -> None:
         n = self._msi_enabled_count()
         if n == 0:
-            if self._mode == "msi":
+            if self._mode is IrqMode.MSI:
                 self._switch(self._fallback_mode())
             return
-        if self._mode != "msi" or n != self._msi_programmed:
-            self._switch("msi")
+        if self._mode is not IrqMode.MSI or n != self._msi_programmed:
+            self._switch(IrqMode.MSI)
         else:
             self._reroute(_MSI, self._apply_msi_masks(), n)
         for v in range(n):
             self._notify(_MSI, v)
 
     def _msix_control_written(self, offset: int, size: int, value: int) -> None:
-        enabled = bool(self._msix_control() & R.MSIX_FLAGS_ENABLE)
-        if not enabled:
-            if self._mode == "msix":
+        if not self._msix.enabled:
+            if self._mode is IrqMode.MSIX:
                 self._switch(self._fallback_mode())
             # masks are re-evaluated at the next enable
             return
-        if self._mode != "msix":
-            self._switch("msix")
+        if self._mode is not IrqMode.MSIX:
+            self._switch(IrqMode.MSIX)
             changed = list(self._msix_vectors)
         else:
             changed = self._apply_msix_masks(range(len(self._msix_vectors)))
@@ -620,7 +629,7 @@ class PassthroughDevice:
         touched = self.msix_table.write_table(offset, size, value)
         if not touched:
             return
-        if self._mode == "msix":
+        if self._mode is IrqMode.MSIX:
             self._reroute(_MSIX, self._apply_msix_masks(touched), len(self._msix_vectors))
         for n in touched:
             self._notify(_MSIX, n)
@@ -635,18 +644,18 @@ class PassthroughDevice:
         if self.intx is None:
             raise VfioError(errno.EINVAL, f"INTx of {self.name}: the device has no interrupt pin or INTx vector")
         self._intx_wanted = True
-        if self._mode == "none":
-            self._switch("intx")
+        if self._mode is IrqMode.NONE:
+            self._switch(IrqMode.INTX)
         return self.intx
 
     def disable_intx(self) -> None:
         self._intx_wanted = False
-        if self._mode == "intx":
-            self._switch("none")
+        if self._mode is IrqMode.INTX:
+            self._switch(IrqMode.NONE)
 
     def intx_unmask(self) -> None:
         """The guest's EOI of INTx: unmask the line in the kernel (the device fires again if still asserted)."""
-        if self._mode != "intx":
+        if self._mode is not IrqMode.INTX:
             raise VfioError(errno.EINVAL, f"INTx unmask on {self.name}: INTx is not enabled (mode {self._mode})")
         self.device.unmask_irq(_INTX, 0, 1)
 
@@ -751,10 +760,10 @@ class PassthroughDevice:
         """After :meth:`set_state`: write the guest's Command to the device and program the
         interrupts the loaded state has enabled (MSI-X, else MSI, else INTx if connected)."""
         self._cfg_wr[2](R.COMMAND, self._command)
-        if self._msix_off is not None and self._msix_control() & R.MSIX_FLAGS_ENABLE:
-            mode = "msix"
-        elif self._msi_off is not None and self._msi_enabled_count():
-            mode = "msi"
+        if self._msix is not None and self._msix.enabled:
+            mode = IrqMode.MSIX
+        elif self._msi is not None and self._msi_enabled_count():
+            mode = IrqMode.MSI
         else:
             mode = self._fallback_mode()
         # masks of the loaded state decide the routes; force a fresh evaluation
@@ -774,7 +783,7 @@ class PassthroughDevice:
         if device_reset and not self.device.info.can_reset:
             raise VfioError(errno.ENOTTY, f"function reset of {self.name}: the device has no reset "
                             f"(VFIO_DEVICE_FLAGS_RESET clear); reset(device_reset=False) resets the model only")
-        self._switch("none")
+        self._switch(IrqMode.NONE)
         # Stop DMA and decoding first, as QEMU's vfio_pci_pre_reset does: the kernel's reset saves
         # and restores the function's config state, so without this the device would come out of
         # reset still decoding and bus mastering, which a guest does not expect of a reset function.
@@ -791,7 +800,7 @@ class PassthroughDevice:
             v.masked = True
         self._command = self.config.read(R.COMMAND, 2)
         if self._intx_wanted:
-            self._switch("intx")
+            self._switch(IrqMode.INTX)
 
     # ------------------------------------------------------------------ lifetime
     def _release(self) -> None:
@@ -814,9 +823,9 @@ class PassthroughDevice:
         first = None
         if not self.device.closed:
             try:
-                if self._mode != "none":
-                    self._mode, old = "none", self._mode
-                    self.device.disable_irq(_MODE_INDEX[old])
+                if self._mode is not IrqMode.NONE:
+                    self._mode, old = IrqMode.NONE, self._mode
+                    self.device.disable_irq(old.irq_index)
             except Exception as e:  # still release fds and mappings, then report
                 first = e
             while self._guest_ram:

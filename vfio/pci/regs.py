@@ -15,6 +15,8 @@ starting at 0x100.
 
 from __future__ import annotations
 
+from enum import Enum
+
 CFG_SPACE_SIZE = 256
 CFG_SPACE_EXP_SIZE = 4096
 STD_HEADER_SIZEOF = 64
@@ -77,6 +79,69 @@ BASE_ADDRESS_MEM_TYPE_64 = 0x04
 BASE_ADDRESS_MEM_PREFETCH = 0x08
 BASE_ADDRESS_MEM_MASK = 0xFFFFFFF0
 BASE_ADDRESS_IO_MASK = 0xFFFFFFFC
+#: The address bits of a 64-bit memory BAR (both dwords).
+BASE_ADDRESS_MEM64_MASK = 0xFFFFFFFFFFFFFFF0
+
+
+class ValueEnum(str, Enum):
+    """An enum of strings that is its value everywhere a string is: ``==``, hashing, JSON,
+    ``str()`` and f-strings (what ``enum.StrEnum`` of Python 3.11 does)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+class BarKind(ValueEnum):
+    """What a BAR decodes: I/O space, 32-bit or 64-bit memory (the register's bits 2:0).
+
+    ``bar.kind == "mem64"`` holds and JSON prints the value.  The obsolete
+    "below 1 MiB" memory type is a ``MEM32``.
+    """
+    IO = "io"
+    MEM32 = "mem32"
+    MEM64 = "mem64"
+
+    @classmethod
+    def of_register(cls, raw: int) -> "BarKind | None":
+        """The kind a BAR register's low bits say; None for the reserved memory type 3."""
+        if raw & BASE_ADDRESS_SPACE_IO:
+            return cls.IO
+        mtype = raw & BASE_ADDRESS_MEM_TYPE_MASK
+        if mtype == BASE_ADDRESS_MEM_TYPE_64:
+            return cls.MEM64
+        if mtype in (BASE_ADDRESS_MEM_TYPE_32, BASE_ADDRESS_MEM_TYPE_1M):
+            return cls.MEM32
+        return None
+
+    @property
+    def slots(self) -> int:
+        """BAR registers it takes (a 64-bit BAR uses the next one for its upper half)."""
+        return 2 if self is BarKind.MEM64 else 1
+
+    @property
+    def width(self) -> int:
+        """Bytes of its register(s)."""
+        return 4 * self.slots
+
+    @property
+    def address_mask(self) -> int:
+        """The address bits of its register(s): everything above the read-only flag bits."""
+        return {BarKind.IO: BASE_ADDRESS_IO_MASK, BarKind.MEM32: BASE_ADDRESS_MEM_MASK,
+                BarKind.MEM64: BASE_ADDRESS_MEM64_MASK}[self]
+
+    def flag_bits(self, prefetchable: bool = False) -> int:
+        """The register's read-only low bits for this kind (space, memory type, prefetchable)."""
+        if self is BarKind.IO:
+            return BASE_ADDRESS_SPACE_IO
+        bits = BASE_ADDRESS_MEM_TYPE_64 if self is BarKind.MEM64 else BASE_ADDRESS_MEM_TYPE_32
+        return bits | (BASE_ADDRESS_MEM_PREFETCH if prefetchable else 0)
+
+    @property
+    def size_limits(self) -> tuple[int, int]:
+        """Smallest and largest size a BAR of this kind can have (PCI 3.0 6.2.5.1)."""
+        return {BarKind.IO: (4, 256), BarKind.MEM32: (16, 1 << 31), BarKind.MEM64: (16, 1 << 63)}[self]
 
 # ---- header type 0 -------------------------------------------------------------
 CARDBUS_CIS = 0x28
@@ -198,6 +263,7 @@ MSI_FLAGS_QSIZE = 0x0070
 MSI_FLAGS_64BIT = 0x0080
 MSI_FLAGS_MASKBIT = 0x0100
 MSI_ADDRESS_LO = 0x04
+MSI_ADDRESS_LO_MASK = 0xFFFFFFFC      # bits 1:0 are reserved (dword-aligned message address)
 MSI_ADDRESS_HI = 0x08
 MSI_DATA_32 = 0x08
 MSI_MASK_32 = 0x0C
@@ -219,6 +285,12 @@ MSIX_PBA_BIR = 0x00000007
 MSIX_PBA_OFFSET = 0xFFFFFFF8
 CAP_MSIX_SIZEOF = 12
 MSIX_ENTRY_SIZE = 16
+
+# Vital Product Data
+VPD_ADDR = 2
+VPD_ADDR_F = 0x8000
+VPD_DATA = 4
+CAP_VPD_SIZEOF = 8
 
 # Slot Identification
 SID_ESR = 2
@@ -362,6 +434,7 @@ EXP_RTCAP = 0x1E
 EXP_RTSTA = 0x20
 EXP_DEVCAP2 = 0x24
 EXP_DEVCTL2 = 0x28
+EXP_DEVCTL2_ARI = 0x0020
 EXP_DEVSTA2 = 0x2A
 EXP_LNKCAP2 = 0x2C
 EXP_LNKCAP2_SLS = 0x000000FE

@@ -50,6 +50,18 @@ capabilities, and anything added or hidden; the rest is passed through with
 every bit forwarded (the device, or the kernel's vfio-pci below us, enforces
 its own read-only bits).  :meth:`set_masks` changes any of this.
 
+Each register is declared in one call, as QEMU's ``vfio_add_emulated_word(pos,
+val, mask)`` does: ``_emulated(offset, size, value=, write=, w1c=, emulate=)``
+sets its virtual value, write and W1C masks and emulated bits together; BAR and
+ROM masks come from :func:`vfio.pci.config.bar_write_mask` /
+:func:`~vfio.pci.config.rom_write_mask` (the inverse of
+:func:`~vfio.pci.config.bar_size_from_mask`), capability layouts from the
+typed views of :mod:`vfio.pci.caps`.
+
+:meth:`VirtualConfigSpace.vfio_pci_user` gives the writability the kernel's
+vfio-pci gives a user through the VFIO config region instead of a guest's: it
+is the config write policy of the replay backend (:mod:`vfio.record.replay`).
+
 BAR sizing
 ----------
 Each implemented BAR has a size (``bars=`` at construction).  Its write mask
@@ -90,10 +102,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol
 
-from ..errors import Error, RegionAccessError
+from ..errors import Error, InvalidValue, RegionAccessError
 from . import regs as R
-from .config import (ConfigSpace, ConfigSpaceError, msi_capability_size, walk_capabilities,
+from .caps import VIEWS, MsiCap, PcieCap
+from .config import (ConfigSpace, ConfigSpaceError, bar_write_mask, rom_write_mask, walk_capabilities,
                      walk_extended_capabilities)
+from .regs import BarKind
 
 __all__ = ["ConfigBacking", "BarSpec", "VirtualConfigSpace", "StateMismatchError", "STATE_FORMAT",
            "STATE_VERSION"]
@@ -121,18 +135,22 @@ class StateMismatchError(Error, ValueError):
 
 @dataclass(frozen=True)
 class BarSpec:
-    """An implemented BAR: slot ``index``, ``kind`` ('io', 'mem32', 'mem64'), ``size`` in bytes."""
+    """An implemented BAR: slot ``index``, ``kind`` (a :class:`~vfio.pci.regs.BarKind`, or its
+    value 'io', 'mem32', 'mem64'), ``size`` in bytes."""
     index: int
-    kind: str
+    kind: BarKind
     size: int
     prefetchable: bool = False
 
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "kind", BarKind(self.kind))
+        except ValueError:
+            pass    # VirtualConfigSpace refuses it, naming the BAR's offset
+
     def flag_bits(self) -> int:
         """The read-only low bits of the register (space, type, prefetchable)."""
-        if self.kind == "io":
-            return R.BASE_ADDRESS_SPACE_IO
-        bits = R.BASE_ADDRESS_MEM_TYPE_64 if self.kind == "mem64" else R.BASE_ADDRESS_MEM_TYPE_32
-        return bits | (R.BASE_ADDRESS_MEM_PREFETCH if self.prefetchable else 0)
+        return self.kind.flag_bits(self.prefetchable)
 
 
 @dataclass
@@ -179,14 +197,71 @@ class VirtualConfigSpace:
         for c in cs.capabilities:
             self._caps[c.offset] = _CapRecord(c.id, c.offset, len(c.raw), False)
             self._default_cap_masks(c.id, c.offset, len(c.raw), extended=False)
-            self._emulate(c.offset, 2)  # ID + next: the list is ours
-            self.write_mask[c.offset:c.offset + 2] = bytes(2)
+            self._emulated(c.offset, 2, write=0)  # ID + next: the list is ours
         for c in cs.extended_capabilities:
             self._caps[c.offset] = _CapRecord(c.id, c.offset, len(c.raw), True, c.version)
             self._default_cap_masks(c.id, c.offset, len(c.raw), extended=True)
-            self._emulate(c.offset, 4)
-            self.write_mask[c.offset:c.offset + 4] = bytes(4)
+            self._emulated(c.offset, 4, write=0)
         self._reset_image = bytes(self._virt)
+
+    @classmethod
+    def vfio_pci_user(cls, initial: bytes | bytearray, *, bars: Mapping[int, int] | None = None, rom_size: int = 0,
+                      source: str | None = None) -> "VirtualConfigSpace":
+        """All emulated, with the writability a user of the kernel's vfio-pci meets through the
+        VFIO config region (drivers/vfio/pci/vfio_pci_config.c, Linux 6.12): what a replayed
+        device's config writes obey.  The device's own read-only bits are taken to be the PCI
+        spec's (the defaults above) where the kernel passes a write through to it.
+
+        Where the kernel differs from those defaults: every defined Command bit is passed to the
+        device (which ones it implements is not in a capture); Status takes no write (``NO_WRITE``:
+        its error bits cannot be cleared through vfio-pci); MSI's Enable and Multiple Message
+        Enable are set by VFIO_DEVICE_SET_IRQS, not by config writes (vfio_msi_config_write clears
+        Enable and clamps the queue size to what SET_IRQS enabled), so here they keep their value
+        while address, data and mask bits take writes; PM's power state is written (the kernel
+        sets it) but PME enable/status are virtualised read-only; in the PCI Express capability
+        only Device Control (not Phantom Functions; Initiate FLR reads 0) and Device Control 2
+        (not ARI forwarding) take writes; VPD address/data are virtualised writable; the bodies
+        of vendor-specific capabilities and DVSECs, and every byte outside any capability, are
+        passed to the device raw (here: they keep what is written); MSI-X and every other
+        capability without a kernel permission table take no write at all."""
+        v = cls(initial, bars=bars, rom_size=rom_size, source=source)
+        v._vfio_pci_user_masks()
+        return v
+
+    def _vfio_pci_user_masks(self) -> None:
+        def raw(offset: int, size: int) -> None:      # vfio_raw_config_write: straight to the device
+            if size > 0:
+                self._emulated(offset, size, write=(1 << (8 * size)) - 1, w1c=0)
+
+        self._emulated(R.COMMAND, 2, write=(R.COMMAND_INTX_DISABLE << 1) - 1)   # bits 10:0, all defined ones
+        self._emulated(R.STATUS, 2, write=0, w1c=0)
+        covered = bytearray(self.size)
+        for rec in list(self._caps.values()):
+            off, n = rec.offset, rec.size
+            covered[off:off + n] = b"\x01" * n
+            if not rec.extended and rec.cap_id == R.CAP_ID_PM:
+                self._emulated(off + R.PM_CTRL, 2, write=R.PM_CTRL_STATE_MASK | R.PM_CTRL_DATA_SEL_MASK, w1c=0)
+            elif not rec.extended and rec.cap_id == R.CAP_ID_MSI:
+                self._emulated(off + MsiCap.control_offset, 2, write=0)
+            elif not rec.extended and rec.cap_id == R.CAP_ID_VPD:
+                self._emulated(off + R.VPD_ADDR, 2, write=0xFFFF)
+                self._emulated(off + R.VPD_DATA, 4, write=0xFFFFFFFF)
+            elif not rec.extended and rec.cap_id == R.CAP_ID_EXP:
+                self._emulated(off, n, write=0, w1c=0)
+                self._emulated(off + R.EXP_DEVCTL, 2, write=0xFFFF & ~(R.EXP_DEVCTL_PHANTOM | R.EXP_DEVCTL_BCR_FLR))
+                if PcieCap(self.peek, off).has_v2(n):
+                    self._emulated(off + R.EXP_DEVCTL2, 2, write=0xFFFF & ~R.EXP_DEVCTL2_ARI)
+            elif not rec.extended and rec.cap_id == R.CAP_ID_VNDR:
+                raw(off + R.CAP_FLAGS, n - R.CAP_FLAGS)
+            elif rec.extended and rec.cap_id == R.EXT_CAP_ID_ERR:
+                pass        # error status W1C, mask/severity/ECRC enables: the device's, as the defaults
+            elif rec.extended and rec.cap_id in (R.EXT_CAP_ID_VNDR, R.EXT_CAP_ID_DVSEC):
+                raw(off + R.VNDR_HEADER, n - R.VNDR_HEADER)
+            else:
+                self._emulated(off, n, write=0, w1c=0)
+        for i in range(R.STD_HEADER_SIZEOF, self.size):
+            if not covered[i]:
+                raw(i, 1)
 
     # ------------------------------------------------------------------ setup
     def _bar_specs(self, cs: ConfigSpace, bars) -> dict[int, BarSpec]:
@@ -208,15 +283,14 @@ class VirtualConfigSpace:
         out: dict[int, BarSpec] = {}
         taken: set[int] = set()
         for s in specs:
-            slots = {s.index, s.index + 1} if s.kind == "mem64" else {s.index}
             off = R.BASE_ADDRESS_0 + 4 * s.index
-            if s.kind not in ("io", "mem32", "mem64"):
+            if not isinstance(s.kind, BarKind):
                 raise ConfigSpaceError(f"BAR{s.index} kind {s.kind!r} is not 'io', 'mem32' or 'mem64'", off, self.source)
+            slots = set(range(s.index, s.index + s.kind.slots))
             if max(slots) >= nslots or slots & taken:
                 raise ConfigSpaceError(f"BAR{s.index} ({s.kind}) does not fit the {nslots} BAR slots of a type "
                                        f"{cs.header_type} header or overlaps another BAR", off, self.source)
-            minimum = 4 if s.kind == "io" else 16
-            limit = 256 if s.kind == "io" else (1 << 31 if s.kind == "mem32" else 1 << 63)
+            minimum, limit = s.kind.size_limits
             if s.size < minimum or s.size > limit or s.size & (s.size - 1):
                 raise ConfigSpaceError(f"BAR{s.index} size {s.size:#x} is not a power of two in "
                                        f"[{minimum:#x}, {limit:#x}] for a {s.kind} BAR", off, self.source)
@@ -227,65 +301,64 @@ class VirtualConfigSpace:
     def _set(self, mask: bytearray, offset: int, size: int, value: int) -> None:
         mask[offset:offset + size] = value.to_bytes(size, "little")
 
-    def _emulate(self, offset: int, size: int) -> None:
-        self.emulated_mask[offset:offset + size] = b"\xff" * size
+    def _emulated(self, offset: int, size: int, *, value: int | None = None, write: int | None = None,
+                  w1c: int | None = None, emulate: bool | int = True) -> None:
+        """Declare the register of ``size`` bytes at ``offset``, as QEMU's
+        ``vfio_add_emulated_word(pos, val, mask)`` does, in one call: its ``value`` in the
+        virtual copy, the bits a guest write changes (``write``) and clears by writing 1
+        (``w1c``) -- each None: as it is -- and which bits are emulated: ``True`` all of
+        them, an integer those bits, ``False`` none (a register that, with a backing, stays
+        passed through: the masks then say what the guest's write may change on the device)."""
+        full = (1 << (8 * size)) - 1
+        for mask, val in ((self._virt, value), (self.write_mask, write), (self.w1c_mask, w1c)):
+            if val is not None:
+                self._set(mask, offset, size, val & full)
+        bits = full if emulate is True else int(emulate) & full
+        if bits:
+            old = int.from_bytes(self.emulated_mask[offset:offset + size], "little")
+            self._set(self.emulated_mask, offset, size, old | bits)
 
     def _setup_header(self) -> None:
-        v = self._virt
-        initial = bytes(v)
-        self._set(self.write_mask, R.COMMAND, 2, R.COMMAND_IO | R.COMMAND_MEMORY | R.COMMAND_MASTER
-                  | R.COMMAND_PARITY | R.COMMAND_SERR | R.COMMAND_INTX_DISABLE)
-        self._set(self.w1c_mask, R.STATUS, 2, R.STATUS_W1C)
-        self.write_mask[R.CACHE_LINE_SIZE] = 0xFF
-        self.write_mask[R.LATENCY_TIMER] = 0xFF
-        self.write_mask[R.INTERRUPT_LINE] = 0xFF
-        # BARs: every slot is ours; unsized slots read 0
+        initial = bytes(self._virt)
+        self._emulated(R.COMMAND, 2, emulate=False, write=R.COMMAND_IO | R.COMMAND_MEMORY | R.COMMAND_MASTER
+                       | R.COMMAND_PARITY | R.COMMAND_SERR | R.COMMAND_INTX_DISABLE)
+        # the capability-list bit is ours (the list is); the error bits are the device's, W1C
+        self._emulated(R.STATUS, 2, w1c=R.STATUS_W1C, emulate=R.STATUS_CAP_LIST)
+        self._emulated(R.CACHE_LINE_SIZE, 1, write=0xFF, emulate=False)
+        self._emulated(R.LATENCY_TIMER, 1, write=0xFF, emulate=False)
+        self._emulated(R.INTERRUPT_LINE, 1, write=0xFF)
+        self._emulated(R.HEADER_TYPE, 1)
+        self._emulated(R.CAPABILITY_LIST, 1)
+        # BARs: every slot is ours; unsized slots read 0 and ignore writes
         nslots = 6 if self.header_type == R.HEADER_TYPE_NORMAL else 2
-        v[R.BASE_ADDRESS_0:R.BASE_ADDRESS_0 + 4 * nslots] = bytes(4 * nslots)
-        self._emulate(R.BASE_ADDRESS_0, 4 * nslots)
+        self._emulated(R.BASE_ADDRESS_0, 4 * nslots, value=0)
         for s in self.bars.values():
-            off = R.BASE_ADDRESS_0 + 4 * s.index
-            addr_mask = ~(s.size - 1)
-            if s.kind == "mem64":
-                self._set(v, off, 8, (int.from_bytes(initial[off:off + 8], "little") & addr_mask
-                                      & 0xFFFFFFFFFFFFFFF0) | s.flag_bits())
-                self._set(self.write_mask, off, 8, addr_mask & 0xFFFFFFFFFFFFFFF0)
-            else:
-                low = R.BASE_ADDRESS_IO_MASK if s.kind == "io" else R.BASE_ADDRESS_MEM_MASK
-                self._set(v, off, 4, (int.from_bytes(initial[off:off + 4], "little") & addr_mask & low)
-                          | s.flag_bits())
-                self._set(self.write_mask, off, 4, addr_mask & low)
-        # ROM
+            off, width = R.BASE_ADDRESS_0 + 4 * s.index, s.kind.width
+            mask = bar_write_mask(s.kind, s.size)
+            self._emulated(off, width, write=mask,
+                           value=(int.from_bytes(initial[off:off + width], "little") & mask) | s.flag_bits())
         rom_off = self.rom_offset
-        if self.rom_size:
-            if self.rom_size < 2048 or self.rom_size & (self.rom_size - 1) or self.rom_size > 1 << 31:
-                raise ConfigSpaceError(f"ROM size {self.rom_size:#x} is not a power of two >= 0x800", rom_off,
-                                       self.source)
-            mask = (~(self.rom_size - 1) & R.ROM_ADDRESS_MASK) | R.ROM_ADDRESS_ENABLE
-            self._set(v, rom_off, 4, int.from_bytes(initial[rom_off:rom_off + 4], "little") & mask)
-            self._set(self.write_mask, rom_off, 4, mask)
-        else:
-            self._set(v, rom_off, 4, 0)
-        self._emulate(rom_off, 4)
-        # list structure and the identity bytes the model owns
-        self._emulate(R.INTERRUPT_LINE, 1)
-        self._emulate(R.HEADER_TYPE, 1)
-        self._emulate(R.CAPABILITY_LIST, 1)
-        self.emulated_mask[R.STATUS] |= R.STATUS_CAP_LIST
+        try:
+            mask = rom_write_mask(self.rom_size)
+        except InvalidValue:
+            raise ConfigSpaceError(f"ROM size {self.rom_size:#x} is not a power of two >= 0x800", rom_off,
+                                   self.source) from None
+        self._emulated(rom_off, 4, write=mask, value=int.from_bytes(initial[rom_off:rom_off + 4], "little") & mask)
         if self.header_type == R.HEADER_TYPE_BRIDGE:
+            v = self._virt
             for reg in (R.PRIMARY_BUS, R.SECONDARY_BUS, R.SUBORDINATE_BUS, R.SEC_LATENCY_TIMER):
-                self.write_mask[reg] = 0xFF
-            self.write_mask[R.IO_BASE] = self.write_mask[R.IO_LIMIT] = 0xF0
-            self._set(self.w1c_mask, R.SEC_STATUS, 2, R.STATUS_W1C)
+                self._emulated(reg, 1, write=0xFF, emulate=False)
+            self._emulated(R.IO_BASE, 2, write=0xF0F0, emulate=False)          # base and limit, bits 7:4
+            self._emulated(R.SEC_STATUS, 2, w1c=R.STATUS_W1C, emulate=False)
             for reg in (R.MEMORY_BASE, R.MEMORY_LIMIT, R.PREF_MEMORY_BASE, R.PREF_MEMORY_LIMIT):
-                self._set(self.write_mask, reg, 2, 0xFFF0)
+                self._emulated(reg, 2, write=0xFFF0, emulate=False)
             if v[R.PREF_MEMORY_BASE] & R.PREF_RANGE_TYPE_MASK == R.PREF_RANGE_TYPE_64:
-                self._set(self.write_mask, R.PREF_BASE_UPPER32, 8, (1 << 64) - 1)
+                self._emulated(R.PREF_BASE_UPPER32, 8, write=(1 << 64) - 1, emulate=False)
             if v[R.IO_BASE] & R.IO_RANGE_TYPE_MASK == R.IO_RANGE_TYPE_32:
-                self._set(self.write_mask, R.IO_BASE_UPPER16, 4, 0xFFFFFFFF)
-            # Bridge Control: parity, SERR, ISA, VGA, VGA16, master abort, bus reset, fast b2b, discard timers
-            self._set(self.write_mask, R.BRIDGE_CONTROL, 2, 0x0BFF)
-            self._set(self.w1c_mask, R.BRIDGE_CONTROL, 2, 0x0400)   # discard timer status
+                self._emulated(R.IO_BASE_UPPER16, 4, write=0xFFFFFFFF, emulate=False)
+            # Bridge Control: parity, SERR, ISA, VGA, VGA16, master abort, bus reset, fast b2b, discard
+            # timers; the discard timer status is W1C
+            self._emulated(R.BRIDGE_CONTROL, 2, write=0x0BFF, w1c=0x0400, emulate=False)
         if self.backing is not None:
             # passed-through bits: forward everything the guest writes; the device filters
             for i in range(self.size):
@@ -293,64 +366,56 @@ class VirtualConfigSpace:
 
     # -------------------------------------------------------- capability defaults
     def _default_cap_masks(self, cap_id: int, off: int, size: int, *, extended: bool) -> None:
-        """Spec writability of a known capability's control registers (emulated or not)."""
-        wm, w1c = self.write_mask, self.w1c_mask
-        v = self._virt
-        emulate_whole = False
+        """Spec writability of a known capability's control registers (emulated or not); MSI and
+        MSI-X are emulated whole (a guest's interrupt set-up goes through VFIO_DEVICE_SET_IRQS)."""
         if not extended:
             if cap_id == R.CAP_ID_PM:
-                self._set(wm, off + R.PM_CTRL, 2, R.PM_CTRL_STATE_MASK | R.PM_CTRL_PME_ENABLE | R.PM_CTRL_DATA_SEL_MASK)
-                self._set(w1c, off + R.PM_CTRL, 2, R.PM_CTRL_PME_STATUS)
+                self._emulated(off + R.PM_CTRL, 2, emulate=False, w1c=R.PM_CTRL_PME_STATUS,
+                               write=R.PM_CTRL_STATE_MASK | R.PM_CTRL_PME_ENABLE | R.PM_CTRL_DATA_SEL_MASK)
             elif cap_id == R.CAP_ID_MSI:
-                ctl = int.from_bytes(v[off + 2:off + 4], "little")
-                is64, maskable = ctl & R.MSI_FLAGS_64BIT, ctl & R.MSI_FLAGS_MASKBIT
-                self._set(wm, off + R.MSI_FLAGS, 2, R.MSI_FLAGS_ENABLE | R.MSI_FLAGS_QSIZE)
-                self._set(wm, off + R.MSI_ADDRESS_LO, 4, 0xFFFFFFFC)
-                if is64:
-                    self._set(wm, off + R.MSI_ADDRESS_HI, 4, 0xFFFFFFFF)
-                self._set(wm, off + (R.MSI_DATA_64 if is64 else R.MSI_DATA_32), 2, 0xFFFF)
-                if maskable:
-                    vectors = 1 << ((ctl & R.MSI_FLAGS_QMASK) >> 1)
-                    self._set(wm, off + (R.MSI_MASK_64 if is64 else R.MSI_MASK_32), 4, (1 << min(vectors, 32)) - 1)
-                emulate_whole = True
+                msi = MsiCap(self.peek, off)
+                self._emulated(off, size, write=0, w1c=0)       # read-only but for what follows
+                self._emulated(off + msi.control_offset, 2, write=R.MSI_FLAGS_ENABLE | R.MSI_FLAGS_QSIZE)
+                self._emulated(off + msi.address_offset, 4, write=R.MSI_ADDRESS_LO_MASK)
+                if msi.is_64bit:
+                    self._emulated(off + msi.address_hi_offset, 4, write=0xFFFFFFFF)
+                self._emulated(off + msi.data_offset, 2, write=0xFFFF)
+                if msi.maskable:
+                    self._emulated(off + msi.mask_offset, 4, write=(1 << min(msi.vectors_capable, 32)) - 1)
             elif cap_id == R.CAP_ID_MSIX:
-                self._set(wm, off + R.MSIX_FLAGS, 2, R.MSIX_FLAGS_ENABLE | R.MSIX_FLAGS_MASKALL)
-                emulate_whole = True
+                self._emulated(off, size, write=0, w1c=0)
+                self._emulated(off + R.MSIX_FLAGS, 2, write=R.MSIX_FLAGS_ENABLE | R.MSIX_FLAGS_MASKALL)
             elif cap_id == R.CAP_ID_EXP:
-                flags = int.from_bytes(v[off + 2:off + 4], "little")
-                ptype = (flags & R.EXP_FLAGS_TYPE) >> 4
-                self._set(wm, off + R.EXP_DEVCTL, 2, 0xFFFF)
-                self._set(w1c, off + R.EXP_DEVSTA, 2, R.EXP_DEVSTA_CED | R.EXP_DEVSTA_NFED | R.EXP_DEVSTA_FED
-                          | R.EXP_DEVSTA_URD)
-                if size > R.EXP_LNKSTA:
-                    self._set(wm, off + R.EXP_LNKCTL, 2, 0x0FFB)
-                    self._set(w1c, off + R.EXP_LNKSTA, 2, R.EXP_LNKSTA_LBMS | R.EXP_LNKSTA_LABS)
-                if flags & R.EXP_FLAGS_SLOT and size > R.EXP_SLTSTA:
-                    self._set(wm, off + R.EXP_SLTCTL, 2, 0x1FFF)
-                    self._set(w1c, off + R.EXP_SLTSTA, 2, 0x011F)
-                if ptype in (R.EXP_TYPE_ROOT_PORT, R.EXP_TYPE_RC_EC) and size > R.EXP_RTSTA:
-                    self._set(wm, off + R.EXP_RTCTL, 2, 0x001F)
-                    self._set(w1c, off + R.EXP_RTSTA, 4, 0x00010000)
-                if size >= R.CAP_EXP_SIZEOF_V2:
-                    self._set(wm, off + R.EXP_DEVCTL2, 2, 0xFFFF)
-                    self._set(wm, off + R.EXP_LNKCTL2, 2, 0xFFFF)
-        else:
-            if cap_id == R.EXT_CAP_ID_ERR:
-                self._set(w1c, off + R.ERR_UNCOR_STATUS, 4, 0xFFFFFFFF)
-                self._set(wm, off + R.ERR_UNCOR_MASK, 8, (1 << 64) - 1)      # mask + severity
-                self._set(w1c, off + R.ERR_COR_STATUS, 4, 0xFFFFFFFF)
-                self._set(wm, off + R.ERR_COR_MASK, 4, 0xFFFFFFFF)
-                self._set(wm, off + R.ERR_CAP, 4, R.ERR_CAP_ECRC_GENE | R.ERR_CAP_ECRC_CHKE)
-                if size > R.ERR_ROOT_ERR_SRC:
-                    self._set(wm, off + R.ERR_ROOT_COMMAND, 4, 0x7)
-                    self._set(w1c, off + R.ERR_ROOT_STATUS, 4, 0x7F)
-            elif cap_id == R.EXT_CAP_ID_ACS:
-                self._set(wm, off + R.ACS_CTRL, 2, int.from_bytes(v[off + R.ACS_CAP:off + R.ACS_CAP + 2], "little")
-                          & 0x7F)
-            elif cap_id == R.EXT_CAP_ID_ATS:
-                self._set(wm, off + R.ATS_CTRL, 2, R.ATS_CTRL_ENABLE | R.ATS_CTRL_STU_MASK)
-        if emulate_whole:
-            self._emulate(off, size)
+                exp = PcieCap(self.peek, off)
+                self._emulated(off + R.EXP_DEVCTL, 2, write=0xFFFF, emulate=False)
+                self._emulated(off + R.EXP_DEVSTA, 2, emulate=False, w1c=R.EXP_DEVSTA_CED | R.EXP_DEVSTA_NFED
+                               | R.EXP_DEVSTA_FED | R.EXP_DEVSTA_URD)
+                if exp.has_link(size):
+                    self._emulated(off + R.EXP_LNKCTL, 2, write=0x0FFB, emulate=False)
+                    self._emulated(off + R.EXP_LNKSTA, 2, w1c=R.EXP_LNKSTA_LBMS | R.EXP_LNKSTA_LABS, emulate=False)
+                if exp.has_slot(size):
+                    self._emulated(off + R.EXP_SLTCTL, 2, write=0x1FFF, emulate=False)
+                    self._emulated(off + R.EXP_SLTSTA, 2, w1c=0x011F, emulate=False)
+                if exp.has_root(size):
+                    self._emulated(off + R.EXP_RTCTL, 2, write=0x001F, emulate=False)
+                    self._emulated(off + R.EXP_RTSTA, 4, w1c=0x00010000, emulate=False)
+                if exp.has_v2(size):
+                    self._emulated(off + R.EXP_DEVCTL2, 2, write=0xFFFF, emulate=False)
+                    self._emulated(off + R.EXP_LNKCTL2, 2, write=0xFFFF, emulate=False)
+        elif cap_id == R.EXT_CAP_ID_ERR:
+            self._emulated(off + R.ERR_UNCOR_STATUS, 4, w1c=0xFFFFFFFF, emulate=False)
+            self._emulated(off + R.ERR_UNCOR_MASK, 8, write=(1 << 64) - 1, emulate=False)     # mask + severity
+            self._emulated(off + R.ERR_COR_STATUS, 4, w1c=0xFFFFFFFF, emulate=False)
+            self._emulated(off + R.ERR_COR_MASK, 4, write=0xFFFFFFFF, emulate=False)
+            self._emulated(off + R.ERR_CAP, 4, write=R.ERR_CAP_ECRC_GENE | R.ERR_CAP_ECRC_CHKE, emulate=False)
+            if size > R.ERR_ROOT_ERR_SRC:
+                self._emulated(off + R.ERR_ROOT_COMMAND, 4, write=0x7, emulate=False)
+                self._emulated(off + R.ERR_ROOT_STATUS, 4, w1c=0x7F, emulate=False)
+        elif cap_id == R.EXT_CAP_ID_ACS:
+            # only the controls the device says it implements (ACS Capability bits 6:0)
+            self._emulated(off + R.ACS_CTRL, 2, write=self.peek(off + R.ACS_CAP, 2) & 0x7F, emulate=False)
+        elif cap_id == R.EXT_CAP_ID_ATS:
+            self._emulated(off + R.ATS_CTRL, 2, write=R.ATS_CTRL_ENABLE | R.ATS_CTRL_STU_MASK, emulate=False)
 
     # ------------------------------------------------------------------ access
     def _check(self, offset: int, size: int) -> None:
@@ -453,9 +518,7 @@ class VirtualConfigSpace:
         if s is None:
             raise ConfigSpaceError(f"BAR{index} is not implemented", R.BASE_ADDRESS_0 + 4 * index, self.source)
         off = R.BASE_ADDRESS_0 + 4 * index
-        if s.kind == "mem64":
-            return self.peek(off, 8) & 0xFFFFFFFFFFFFFFF0
-        return self.peek(off, 4) & (R.BASE_ADDRESS_IO_MASK if s.kind == "io" else R.BASE_ADDRESS_MEM_MASK)
+        return self.peek(off, s.kind.width) & s.kind.address_mask
 
     @property
     def rom_address(self) -> int:
@@ -552,10 +615,7 @@ class VirtualConfigSpace:
                                        f"reserved range at {clash[0][0]:#05x}", offset, self.source)
         if ext_empty and offset != R.EXT_CAP_START:
             self._set_null_head(offset)
-        self._virt[offset:offset + size] = body
-        self._emulate(offset, size)
-        self.write_mask[offset:offset + size] = bytes(size)
-        self.w1c_mask[offset:offset + size] = bytes(size)
+        self._emulated(offset, size, value=int.from_bytes(body, "little"), write=0, w1c=0)
         self._caps[offset] = _CapRecord(cap_id, offset, size, extended, version if extended else 0)
         if write_mask is None and w1c_mask is None:
             self._default_cap_masks(cap_id, offset, size, extended=extended)
@@ -572,21 +632,15 @@ class VirtualConfigSpace:
         return offset
 
     def _known_size(self, cap_id: int, body: bytes, extended: bool) -> int | None:
-        if extended:
+        """Bytes the registers of an added MSI, MSI-X or PM capability need (its typed view's size)."""
+        if extended or cap_id not in (R.CAP_ID_MSI, R.CAP_ID_MSIX, R.CAP_ID_PM):
             return None
-        if cap_id == R.CAP_ID_MSI:
-            return msi_capability_size(int.from_bytes(body[2:4], "little"))
-        if cap_id == R.CAP_ID_MSIX:
-            return R.CAP_MSIX_SIZEOF
-        if cap_id == R.CAP_ID_PM:
-            return R.PM_SIZEOF
-        return None
+        return VIEWS[cap_id](body).size
 
     def _set_null_head(self, nxt: int) -> None:
         """Put a null extended header (ID 0) at 0x100 pointing to ``nxt``, recorded unless a hidden
         capability already reserves those bytes."""
-        self._set(self._virt, R.EXT_CAP_START, 4, R.ext_cap_header(0, 0, nxt))
-        self._emulate(R.EXT_CAP_START, 4)
+        self._emulated(R.EXT_CAP_START, 4, value=R.ext_cap_header(0, 0, nxt))
         if not self._used(R.EXT_CAP_START, R.EXT_CAP_START + 4):
             self._caps[R.EXT_CAP_START] = _CapRecord(0, R.EXT_CAP_START, 4, True)
 
@@ -615,10 +669,7 @@ class VirtualConfigSpace:
         if rec is None or rec.hidden or pos is None or rec.extended != extended or rec.cap_id == 0:
             raise ConfigSpaceError(f"no visible {what} at {offset:#05x} in the list", offset, self.source)
         nxt = entries[pos][1]
-        self._virt[offset:offset + rec.size] = bytes(rec.size)
-        self._emulate(offset, rec.size)
-        self.write_mask[offset:offset + rec.size] = bytes(rec.size)
-        self.w1c_mask[offset:offset + rec.size] = bytes(rec.size)
+        self._emulated(offset, rec.size, value=0, write=0, w1c=0)
         if extended:
             if pos == 0:
                 # 0x100 cannot move: leave a null header there that still points at the rest (as QEMU does)

@@ -22,6 +22,10 @@ Two sources:
   device-specific regions (IGD, ...), device-info capabilities, and whether
   the kernel's reset works (RESET is assumed from the ``reset`` attribute).
 
+Both read sysfs through :class:`vfio.sysfs.SysfsTree`, so ``sysfs=`` may name
+a tree captured from another machine by ``tools/capture-sysfs``
+(``vfio-capture --sysfs --root TREE``) as well as the live system.
+
 Reading BARs can have side effects (clear-on-read registers), so BAR contents
 are captured only when asked (``bar_bytes``).
 """
@@ -31,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import datetime
 import errno
-import os
 import platform
 import struct
 
@@ -40,9 +43,10 @@ from ..errors import VfioError
 from . import format as F
 from ..address import PciAddress
 from ..pci.config import ConfigSpace, KernelResource, parse_resources
-from ..pci.regs import CAP_ID_EXP
+from ..pci.regs import CAP_ID_EXP, BarKind
+from ..sysfs import PCI_DEVICES, SysfsTree
 
-SYSFS_PCI = "/sys/bus/pci/devices"
+SYSFS_PCI = "/" + PCI_DEVICES
 _REGION_INFO_SIZE = ctypes.sizeof(uapi.vfio_region_info)      # 32: the chain starts after it
 
 
@@ -53,7 +57,7 @@ def _pci_info(name: str) -> F.PciInfo | None:
     return F.PciInfo(a.domain, a.bus, a.device, a.function)
 
 
-_BAR_KIND = {"io": F.BAR_PIO, "mem32": F.BAR_MMIO32, "mem64": F.BAR_MMIO64}
+_BAR_KIND = {BarKind.IO: F.BAR_PIO, BarKind.MEM32: F.BAR_MMIO32, BarKind.MEM64: F.BAR_MMIO64}
 
 
 def _bar_info(cs: ConfigSpace | None, index: int) -> F.PciBarInfo | None:
@@ -66,13 +70,12 @@ def _bar_info(cs: ConfigSpace | None, index: int) -> F.PciBarInfo | None:
     return F.PciBarInfo(_BAR_KIND[bar.kind], index, F.BAR_PREFETCHABLE if bar.prefetchable else 0)
 
 
-def _resources(bdf: str, sysfs: str) -> list[KernelResource]:
-    """The sysfs ``resource`` file (BARs 0-5, ROM 6, ...); raises OSError when it
-    cannot be read, :class:`~vfio.errors.InvalidValue` naming the path and line
-    when it is malformed."""
-    path = os.path.join(sysfs, bdf, "resource")
-    with open(path) as f:
-        return parse_resources(f.read(), path)
+def _resources(tree: SysfsTree, bdf: str) -> list[KernelResource]:
+    """The sysfs ``resource`` file (BARs 0-5, ROM 6, ...); raises
+    :class:`~vfio.errors.VfioError` naming the path when it cannot be read,
+    :class:`~vfio.errors.InvalidValue` naming the path and line when it is malformed."""
+    rel = f"{tree.pci_device(bdf)}/resource"
+    return parse_resources(tree.read(rel), tree.shown(rel))
 
 
 def _note(source: str, extra: str = "") -> F.Note:
@@ -89,8 +92,13 @@ def _read_registers(region, length: int) -> bytes:
     return out + (region.read(n, length - n) if length > n else b"")
 
 
-def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str = "") -> F.DeviceRecord:
-    """Record what ``dev`` (a :class:`vfio.device.Device`) reports through VFIO."""
+def capture_device(dev, *, bar_bytes: int = 0, sysfs: SysfsTree | str = SYSFS_PCI,
+                   note: str = "") -> F.DeviceRecord:
+    """Record what ``dev`` (a :class:`vfio.device.Device`) reports through VFIO.
+    ``sysfs`` (a :class:`~vfio.sysfs.SysfsTree`, or the path of a PCI devices
+    directory) gives the BARs' physical addresses from the device's ``resource``
+    file, when it has one."""
+    tree = SysfsTree.of(sysfs)
     info = dev.info
     recs: list = []
     pci = _pci_info(dev.name) if info.is_pci else None
@@ -99,8 +107,8 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str
     # the chain as the kernel wrote it: each cap's bytes run to the next (or the buffer end)
     recs.append(F.DeviceInfo(info.flags, info.num_regions, info.num_irqs, b"".join(c.data for c in info.caps)))
     resources = []
-    if pci is not None and os.path.exists(os.path.join(sysfs, pci.bdf, "resource")):
-        resources = _resources(pci.bdf, sysfs)
+    if pci is not None and tree.exists(f"{tree.pci_device(pci.bdf)}/resource"):
+        resources = _resources(tree, pci.bdf)
     cfg = b""
     if info.is_pci:
         try:
@@ -160,23 +168,31 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: str = SYSFS_PCI, note: str
 _MSIX_MAPPABLE_CAP = struct.pack("<HHI", uapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, 0)
 
 
-def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
-    """Record what sysfs shows of a PCI device (see the module docstring for what is missing)."""
+def capture_sysfs(bdf: str, *, sysfs: SysfsTree | str = SYSFS_PCI) -> F.DeviceRecord:
+    """Record what sysfs shows of a PCI device (see the module docstring for what is missing).
+
+    ``sysfs``: a :class:`~vfio.sysfs.SysfsTree` -- the live system, or a tree
+    captured by ``tools/capture-sysfs`` -- or the path of a PCI devices directory.
+    Raises :class:`~vfio.errors.VfioError` (ENODEV: no such device; the errno of
+    a failed read, naming the file), ``ValueError`` naming the file for a
+    malformed address, config space or ``resource`` file."""
     bdf = str(PciAddress.parse(bdf))
-    ddir = os.path.join(sysfs, bdf)
-    if not os.path.isdir(ddir):
-        raise VfioError(errno.ENODEV, f"capture of {bdf} from sysfs: no {ddir}")
-    cpath = os.path.join(ddir, "config")
-    with open(cpath, "rb") as f:
-        cfg_size = os.fstat(f.fileno()).st_size        # 256 or 4096 whatever we may read
-        cfg = f.read(cfg_size)
+    tree = SysfsTree.of(sysfs)
+    ddir = tree.pci_device(bdf)
+    if not tree.is_dir(ddir):
+        raise VfioError(errno.ENODEV, f"capture of {bdf} from sysfs: no {tree.shown(ddir)}")
+    crel = f"{ddir}/config"
+    cpath = tree.shown(crel)
+    cfg = tree.read_bytes(crel)
+    cfg_size = tree.size(crel)          # 256 or 4096 whatever we may read
+    cfg = cfg[:cfg_size]
     if len(cfg) < 0x40:
         raise ValueError(f"{cpath}: only {len(cfg)} bytes readable, less than the 64-byte header")
-    resources = _resources(bdf, sysfs)
+    resources = _resources(tree, bdf)
     cs = ConfigSpace(cfg, allow_short=True, source=cpath)
     msi_cap, msix_cap, pcie_cap = cs.msi, cs.msix, cs.find(CAP_ID_EXP)   # raises, naming cpath, if corrupt
     msix_bar = msix_cap.table_bir if msix_cap is not None else None
-    has_reset = os.path.exists(os.path.join(ddir, "reset"))
+    has_reset = tree.exists(f"{ddir}/reset")
     is_vga = cfg[0x0B] == 0x03 and cfg[0x0A] == 0x00
     vflags = uapi.VFIO_DEVICE_FLAGS_PCI | (uapi.VFIO_DEVICE_FLAGS_RESET if has_reset else 0)
     recs: list = [_pci_info(bdf), F.DeviceInfo(vflags, uapi.VFIO_PCI_NUM_REGIONS, uapi.VFIO_PCI_NUM_IRQS)]
@@ -225,102 +241,3 @@ def capture_sysfs(bdf: str, *, sysfs: str = SYSFS_PCI) -> F.DeviceRecord:
                "capabilities, dynamic MSI-X; RESET assumed from the sysfs reset attribute")
     recs.append(_note(f"from sysfs ({bdf})", missing))
     return F.DeviceRecord(recs)
-
-
-# ---------------------------------------------------------------------------
-# the kernel's answers to a fixed set of calls, for comparing replay with it
-# ---------------------------------------------------------------------------
-def _try(fn):
-    """Result of a backend call as JSON: hex bytes, an int, or {"errno": name}."""
-    try:
-        r = fn()
-    except OSError as e:
-        return {"errno": errno.errorcode.get(e.errno, str(e.errno))}
-    if isinstance(r, (bytes, bytearray)):
-        return bytes(r).hex()
-    if r is None or isinstance(r, int):
-        return r
-    r.close()           # an mmap: only whether it worked matters
-    return "mapped"
-
-
-def answers(dev) -> dict:
-    """Run the same calls on any Device (kernel or replay) and return what came back.
-
-    Only calls without lasting side effects: info at several argsz, unknown
-    indexes, config reads, refused writes and SET_IRQS, BAR sizing (restored),
-    mmaps.  ``tests/unit/test_record_shipped.py`` compares a replay's answers
-    with the kernel's, recorded by ``vfio-capture --answers`` in the same run.
-    """
-    from ..irq import EventFd
-    b = dev.backend
-    info = dev.info
-    out: dict = {"get_info": {a: _try(lambda a=a: b.get_info(a)) for a in (8, 16, 24, 256)}}
-    out["region_info"] = {f"{i}@{a}": _try(lambda i=i, a=a: b.get_region_info(i, a))
-                          for i in range(info.num_regions + 2) for a in (16, 32, 256)}
-    out["irq_info"] = {str(i): _try(lambda i=i: b.get_irq_info(i)) for i in range(info.num_irqs + 2)}
-    pread, pwrite, mm, irqs = {}, {}, {}, {}
-    for i in range(info.num_regions):
-        try:
-            ri = dev.region_info(i)
-        except VfioError:
-            continue
-        base = ri.offset
-        pread[f"{i}:end"] = _try(lambda: b.pread(base + ri.size, 4))
-        if ri.size and ri.mmappable:
-            pg = min(ri.size, 4096)
-            mm[f"{i}:0"] = _try(lambda: b.mmap(base, pg))
-            mm[f"{i}:past"] = _try(lambda: b.mmap(base + ((ri.size + 4095) & ~4095), 4096))
-        elif ri.size:
-            mm[f"{i}:0"] = _try(lambda: b.mmap(base, 4096))
-        if info.is_pci and i == uapi.VFIO_PCI_ROM_REGION_INDEX and ri.size:
-            pwrite["rom"] = _try(lambda: b.pwrite(base, b"\0\0\0\0"))
-        if info.is_pci and i == uapi.VFIO_PCI_CONFIG_REGION_INDEX:
-            pread["config"] = _try(lambda: b.pread(base, ri.size))
-            pread["config:straddle"] = _try(lambda: b.pread(base + ri.size - 2, 4))
-            pwrite["config:vendor"] = [_try(lambda: b.pwrite(base, b"\xff\xff")), _try(lambda: b.pread(base, 2))]
-            for bar in range(6):
-                off = base + 0x10 + 4 * bar
-                orig = b.pread(off, 4)
-                pwrite[f"config:bar{bar}"] = [_try(lambda: b.pwrite(off, b"\xff\xff\xff\xff")),
-                                              _try(lambda: b.pread(off, 4))]
-                b.pwrite(off, orig)
-    pread["past_last_region"] = _try(lambda: b.pread((info.num_regions + 1) << uapi.VFIO_PCI_OFFSET_SHIFT, 4))
-    # SET_IRQS requests the kernel refuses, and one INTx enable/disable pair
-    u = uapi
-    cases = {
-        "header_only_disable": (bytes(u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0))[:16]
-                        + b"\0" * 4),
-        "bad_index": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, info.num_irqs, 0, 1),
-        "two_data_types": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_DATA_BOOL
-                                          | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1, b"\1"),
-        "two_actions": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_MASK
-                                       | u.VFIO_IRQ_SET_ACTION_UNMASK, 0, 0, 1),
-        "start_past_count": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 5, 1),
-        "data_short": u.build_irq_set(u.VFIO_IRQ_SET_DATA_EVENTFD | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 1),
-        "disable_intx_not_enabled": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0),
-        "mask_msi": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_MASK, 1, 0, 1),
-        "mask_intx_not_enabled": u.build_irq_set(u.VFIO_IRQ_SET_DATA_NONE | u.VFIO_IRQ_SET_ACTION_MASK, 0, 0, 1),
-    }
-    for name, buf in cases.items():
-        irqs[name] = _try(lambda buf=buf: b.set_irqs(bytes(buf)))
-    try:
-        intx = dev.irq_info(uapi.VFIO_PCI_INTX_IRQ_INDEX) if info.is_pci else None
-    except VfioError:
-        intx = None
-    if intx is not None and intx.count:
-        with EventFd("answers") as e:
-            trig = uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
-            irqs["intx_enable"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
-                trig, 0, 0, 1, uapi.irq_set_data_eventfds([e.fd])))))
-            irqs["msi_while_intx"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
-                trig, 1, 0, 1, uapi.irq_set_data_eventfds([e.fd])))))
-            irqs["intx_mask"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
-                uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_MASK, 0, 0, 1))))
-            irqs["intx_unmask"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
-                uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_UNMASK, 0, 0, 1))))
-            irqs["intx_disable"] = _try(lambda: b.set_irqs(bytes(uapi.build_irq_set(
-                uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, 0))))
-    out.update(pread=pread, pwrite=pwrite, mmap=mm, set_irqs=irqs)
-    out["reset"] = _try(b.reset) if info.can_reset else None
-    return out

@@ -3,19 +3,18 @@
     vfio-capture 0000:00:04.0 -o records/mydev.vfiorec          # through VFIO (bound to vfio-pci)
     vfio-capture 0000:00:04.0 -o mydev.vfiorec --bar-bytes 4096  # also the first page of each BAR
     vfio-capture 0000:00:1f.3 -o audio.vfiorec --sysfs           # from sysfs, any driver
+    vfio-capture 0000:00:1f.3 -o audio.vfiorec --sysfs --root T  # from a tree tools/capture-sysfs wrote
     vfio-capture --show records/mydev.vfiorec                    # what a file holds
-    vfio-capture 0000:00:04.0 -o x.vfiorec --answers x.json      # + the kernel's answers to a fixed call set
 
 Exit status: 0 done; 1 an error (the kernel refused, I/O error, a malformed
 record file for --show); 2 bad arguments (a malformed BDF, no such PCI
-device, a negative --bar-bytes).  --show reads only a regular file, up to the
+device, a negative --bar-bytes, --root without --sysfs).  --show reads only a regular file, up to the
 reader's size limit (a FIFO or a device is refused without being read).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -72,7 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bar-bytes", type=_byte_count, default=0, metavar="N",
                     help="also capture the first N bytes of each BAR (reads may have side effects)")
     ap.add_argument("--note", default="", help="text added to the NOTE record")
-    ap.add_argument("--answers", metavar="JSON", help="also write the kernel's answers to a fixed set of calls")
+    ap.add_argument("--root", metavar="DIR",
+                    help="with --sysfs: the system root to read (a tree captured by tools/capture-sysfs; default /)")
     ap.add_argument("--show", metavar="FILE", help="print what a record file holds and exit")
     a = ap.parse_args(argv)
     try:
@@ -81,30 +81,31 @@ def main(argv=None) -> int:
             return 0
         if not a.bdf or not a.output:
             ap.error("BDF and -o FILE are needed (or --show FILE)")
-        from ..group import normalize_bdf
-        from .capture import SYSFS_PCI
+        if a.root is not None and not a.sysfs:
+            ap.error("--root goes with --sysfs (a device opened through VFIO is on this system)")
+        from ..address import PciAddress
+        from ..sysfs import SysfsTree
+        from . import capture
         try:
-            bdf = normalize_bdf(a.bdf)
+            bdf = str(PciAddress.parse(a.bdf))
         except ValueError as e:
             ap.error(str(e))
+        if a.root is not None and not os.path.isdir(a.root):
+            print(f"vfio-capture: --root {a.root}: no such directory", file=sys.stderr)
+            return 2
+        # the live system's PCI devices are looked up on the capture module at call time
+        tree = SysfsTree(a.root) if a.root is not None else SysfsTree.of(capture.SYSFS_PCI)
+        ddir = tree.pci_device(bdf)
         # before any VFIO or sysfs access, whose errors would be about /dev/vfio or the IOMMU
-        if not os.path.isdir(os.path.join(SYSFS_PCI, bdf)):
-            print(f"vfio-capture: no such PCI device {bdf} (no {os.path.join(SYSFS_PCI, bdf)})", file=sys.stderr)
+        if not tree.is_dir(ddir):
+            print(f"vfio-capture: no such PCI device {bdf} (no {tree.shown(ddir)})", file=sys.stderr)
             return 2
         if a.sysfs:
-            if a.answers:
-                ap.error("--answers needs a device opened through VFIO")
-            from .capture import capture_sysfs
-            rec = capture_sysfs(bdf)
+            rec = capture.capture_sysfs(bdf, sysfs=tree)
         else:
             import vfio
-            from .capture import answers, capture_device
             with vfio.open_pci_device(bdf) as dev:
-                rec = capture_device(dev, bar_bytes=a.bar_bytes, note=a.note)
-                if a.answers:
-                    with open(a.answers, "w") as f:
-                        json.dump(answers(dev), f, indent=1, sort_keys=True)
-                        f.write("\n")
+                rec = capture.capture_device(dev, bar_bytes=a.bar_bytes, sysfs=tree, note=a.note)
         F.save(rec, a.output)
         print(f"{a.output}: {len(F.write(rec))} bytes, {len(rec.regions)} regions, {len(rec.interrupts)} irq indexes")
         return 0

@@ -238,6 +238,9 @@ _S_DEVINFO = STRUCTS[_L_DeviceInfo]
 _S_REGINFO = STRUCTS[_L_RegionInfo]
 _S_DATA = STRUCTS[_L_RegionData]
 
+_S_DATA_UNPACK = _S_DATA.unpack_from
+_DATA_SIZE = _S_DATA.size
+
 FILE_HEADER_LEN = _S_FILE.size          # 32
 RECORD_HEADER_LEN = _S_HDR.size         # 12
 _ZEROS = bytes(64)
@@ -503,6 +506,12 @@ class _Reader:
         self.region_indexes: set[int] = set()
         self.irq_indexes: set[int] = set()
         self.singletons: set[int] = set()
+        # count(0, a, b): how many zero bytes in buf[a:b], without a copy where buf
+        # has the method (bytes, bytearray); the padding check of every record
+        if isinstance(buf, (bytes, bytearray)):
+            self.zeros_in = buf.count
+        else:
+            self.zeros_in = lambda z, a, b: bytes(buf[a:b]).count(z)
 
     def err(self, offset: int, rtype: int | None, problem: str) -> RecordFormatError:
         return RecordFormatError(offset, rtype, problem, self.path)
@@ -532,27 +541,46 @@ class _Reader:
 
     def sequence(self, pos: int, end: int, parent: int, depth: int, where: list | None = None) -> list:
         """Records from ``pos`` to ``end`` (a parent's end or the file's end);
-        their offsets are appended to ``where`` when given."""
+        their offsets are appended to ``where`` when given.
+
+        This loop is the decoder's hot path, so what :meth:`record` checks per
+        record is done here inline, against the parent's table of allowed
+        types (:data:`_ALLOWED`); the checks and their order are
+        :meth:`record`'s, which stays the one place their messages are worded."""
         out = []
+        append = out.append
         buf = self.buf
+        unpack = _S_HDR_UNPACK
+        allowed = _ALLOWED[parent]
+        zeros_in = self.zeros_in
+        max_records = self.max_records
+        count = self.count          # kept here, and in self.count around a nested read
         while pos < end:
             if end - pos < RECORD_HEADER_LEN:
                 raise self.err(pos, parent or None, f"truncated record header: {end - pos} bytes left "
                                f"{'in the parent' if parent else 'in the file'}")
-            rtype, rec_len, flags = _S_HDR.unpack_from(buf, pos)
-            if rec_len < RECORD_HEADER_LEN:
-                raise self.err(pos, rtype, f"rec_len {rec_len} smaller than the 12-byte record header")
+            rtype, rec_len, flags = unpack(buf, pos)
             rend = pos + rec_len
-            if rend > end:
-                raise self.err(pos, rtype, f"rec_len {rec_len} runs {rend - end} bytes past the end of "
-                               f"{'its parent ' + type_name(parent) if parent else 'the file'}")
-            self.count += 1
-            if self.count > self.max_records:
-                raise self.err(pos, rtype, f"more than {self.max_records} records (the reader's limit)")
-            out.append(self.record(pos, rtype, rec_len, flags, parent, depth))
+            if rec_len < RECORD_HEADER_LEN or rend > end:
+                self.bad_length(pos, rtype, rec_len, end, parent)
+            count += 1
+            if count > max_records:
+                raise self.err(pos, rtype, f"more than {max_records} records (the reader's limit)")
+            row = allowed.get(rtype)
+            if row is not None and row[0] <= rec_len <= row[1]:
+                if row[3]:                      # it reads sub-records, which count too
+                    self.count = count
+                    append(row[2](self, pos, rec_len, flags, depth))
+                    count = self.count
+                else:
+                    append(row[2](self, pos, rec_len, flags, depth))
+            else:                               # unknown, misplaced, wrong size, once per file
+                self.count = count
+                append(self.record(pos, rtype, rec_len, flags, parent, depth))
+                count = self.count
             if where is not None:
                 where.append(pos)
-            nxt = _align(rend)
+            nxt = (rend + 7) & -8
             if parent:
                 if rend == end:
                     break
@@ -560,9 +588,17 @@ class _Reader:
                     raise self.err(rend, parent, "parent ends inside the padding after its last sub-record")
             elif nxt > end:
                 raise self.err(rend, rtype, "file ends inside the padding after the last record")
-            self.padding(rend, nxt, rtype)
+            if nxt != rend and zeros_in(0, rend, nxt) != nxt - rend:
+                self.padding(rend, nxt, rtype)
             pos = nxt
+        self.count = count
         return out
+
+    def bad_length(self, pos: int, rtype: int, rec_len: int, end: int, parent: int):
+        if rec_len < RECORD_HEADER_LEN:
+            raise self.err(pos, rtype, f"rec_len {rec_len} smaller than the 12-byte record header")
+        raise self.err(pos, rtype, f"rec_len {rec_len} runs {pos + rec_len - end} bytes past the end of "
+                       f"{'its parent ' + type_name(parent) if parent else 'the file'}")
 
     def record(self, pos: int, rtype: int, rec_len: int, flags: int, parent: int, depth: int):
         row = _BY_TYPE.get(rtype)
@@ -681,19 +717,20 @@ def _dec_region(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> 
             if kt in seen:
                 raise rd.err(cpos, kt, f"a second {type_name(kt)} in region {index}")
             seen.add(kt)
-        if kt == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
-            raise rd.err(cpos, kt, f"vfio_flags {kid.vfio_flags:#x} disagree with region {index}'s "
-                         f"flags {flags:#x} on READ/WRITE/MMAP")
-        if kt == REGION_DATA:
+            if kt == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
+                raise rd.err(cpos, kt, f"vfio_flags {kid.vfio_flags:#x} disagree with region {index}'s "
+                             f"flags {flags:#x} on READ/WRITE/MMAP")
+        elif kt == REGION_DATA:
             if kid.offset + len(kid.data) > size:
                 raise rd.err(cpos, kt, f"data [{kid.offset:#x}, +{len(kid.data):#x}) outside region "
                              f"{index} ({size:#x} bytes)")
             spans.append((kid.offset, kid.offset + len(kid.data), cpos))
-    spans.sort()
-    for (a0, a1, _), (b0, _b1, boff) in zip(spans, spans[1:]):
-        if b0 < a1:
-            raise rd.err(boff, REGION_DATA, f"data at {b0:#x} overlaps data [{a0:#x}, {a1:#x}) "
-                         f"in region {index}")
+    if len(spans) > 1:
+        spans.sort()
+        for (a0, a1, _), (b0, _b1, boff) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise rd.err(boff, REGION_DATA, f"data at {b0:#x} overlaps data [{a0:#x}, {a1:#x}) "
+                             f"in region {index}")
     return Region(index, flags, offset, size, addr, kids)
 
 
@@ -703,8 +740,23 @@ def _enc_region(r: Region) -> bytes:
     return _S_REGION.pack(REGION, _S_REGION.size + len(body), r.flags, r.index, r.offset, r.size, r.addr) + body
 
 
+def _string(rd: _Reader, pos: int, rtype: int, a: int, b: int) -> str:
+    """:meth:`_Reader.string`, done in one decode for a well-formed string: the
+    last byte NUL, no other NUL, UTF-8.  Anything else goes to the method,
+    which finds the first fault and words it."""
+    if a < b and rd.buf[b - 1] == 0:
+        try:
+            text = str(rd.buf[a:b - 1], "utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            if "\x00" not in text:
+                return text
+    return rd.string(pos, rtype, a, b)
+
+
 def _dec_dtpath(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> DtPath:
-    return DtPath(rd.string(pos, DTPATH, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
+    return DtPath(_string(rd, pos, DTPATH, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
 
 
 def _enc_dtpath(r: DtPath) -> bytes:
@@ -722,11 +774,13 @@ def _enc_dtindex(r: DtIndex) -> bytes:
 
 def _dec_interrupt(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Interrupt:
     _, _, _, index, count, reserved = _S_INTERRUPT.unpack_from(rd.buf, pos)
-    rd.reserved(pos + 20, INTERRUPT, reserved)
+    if reserved:
+        rd.reserved(pos + 20, INTERRUPT, reserved)
     if index in rd.irq_indexes:
         raise rd.err(pos, INTERRUPT, f"duplicate interrupt index {index}")
     rd.irq_indexes.add(index)
-    kids = rd.sequence(pos + _S_INTERRUPT.size, pos + rec_len, INTERRUPT, depth + 1)
+    kids = rd.sequence(pos + _S_INTERRUPT.size, pos + rec_len, INTERRUPT, depth + 1) \
+        if rec_len > _S_INTERRUPT.size else []
     return Interrupt(index, flags, count, kids)
 
 
@@ -784,9 +838,12 @@ def _enc_reginfo(r: RegionInfo) -> bytes:
 
 
 def _dec_data(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> RegionData:
-    _, _, _, reserved, offset = _S_DATA.unpack_from(rd.buf, pos)
-    rd.reserved(pos + 12, REGION_DATA, reserved)
-    return RegionData(offset, rd.payload(pos + _S_DATA.size, pos + rec_len, copy=False), flags)
+    _, _, _, reserved, offset = _S_DATA_UNPACK(rd.buf, pos)
+    if reserved:
+        rd.reserved(pos + 12, REGION_DATA, reserved)
+    if rd.lazy:
+        return RegionData(offset, rd.payload(pos + _DATA_SIZE, pos + rec_len, copy=False), flags)
+    return RegionData(offset, bytes(rd.buf[pos + _DATA_SIZE:pos + rec_len]), flags)
 
 
 def _enc_data(r: RegionData) -> bytes:
@@ -794,7 +851,7 @@ def _enc_data(r: RegionData) -> bytes:
 
 
 def _dec_note(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Note:
-    return Note(rd.string(pos, NOTE, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
+    return Note(_string(rd, pos, NOTE, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
 
 
 def _enc_note(r: Note) -> bytes:
@@ -827,6 +884,13 @@ del _T, _R, _I
 _BY_TYPE = {row.rtype: row for row in RECORD_TYPES}
 _ENCODERS = {row.cls: row.encode for row in RECORD_TYPES}
 _ONCE_PER_PARENT = frozenset(row.rtype for row in RECORD_TYPES if row.once is _Once.PER_PARENT)
+#: parent type -> {record type allowed under it: (size, max_len, decode, nests)}: what _Reader.sequence
+#: checks per record without going through _Reader.record (derived from the table; the types
+#: allowed once per file are left to _Reader.record, which keeps count of them)
+_ALLOWED = {parent: {row.rtype: (row.size, row.max_len, row.decode, row.nests)
+                     for row in RECORD_TYPES if parent in row.places and not row.once_per_file}
+            for parent in {p for row in RECORD_TYPES for p in row.places}}
+_S_HDR_UNPACK = _S_HDR.unpack_from
 TYPE_NAMES = {row.rtype: row.name for row in RECORD_TYPES}
 
 

@@ -22,16 +22,21 @@ is used exactly like a real device.  Where the kernel's behaviour is known
   captured REGION_DATA, straight from the mapped record file: no copy of the
   file is held in Python).  Uncaptured bytes read as zero.  BARs behave like
   RAM: what is written reads back (device side effects are not emulated).
-* Config-space writes follow a simple version of vfio-pci's virtualization,
-  since the real device's writable bits are not in the capture: in the
-  standard header only COMMAND (bits 0-10), cache line size, latency timer and
-  interrupt line take writes; BARs and the ROM BAR take writes through a mask
-  built from the captured region sizes, so sizing (write all ones, read back
-  the size mask) works as on real hardware; STATUS (write-1-to-clear) and all
-  other header bytes ignore writes; capability bodies are RAM except each
-  capability's ID/next bytes (and the whole header dword of an extended
-  capability), which ignore writes.  Ignored writes still succeed, as they do
-  in the kernel.
+* Config-space writes go through a :class:`~vfio.pci.vconfig.VirtualConfigSpace`
+  over the captured bytes with the writability vfio-pci gives a user
+  (:meth:`~vfio.pci.vconfig.VirtualConfigSpace.vfio_pci_user`; the real device's
+  own writable bits are not in the capture, so the PCI spec's stand in for
+  them), split into aligned accesses as vfio_config_do_rw splits them: in the
+  standard header COMMAND (bits 0-10), cache line size, latency timer and
+  interrupt line take writes; BARs and the ROM BAR take writes through masks
+  sized from the captured regions, so sizing (write all ones, read back the
+  size mask) works as on real hardware; STATUS (NO_WRITE in vfio-pci) and all
+  other header bytes ignore writes; capability list pointers ignore writes;
+  capability registers take writes only where vfio-pci's permission tables
+  allow them (PM power state, MSI address/data/mask, PCIe Device Control 1/2,
+  AER, VPD; vendor-specific bodies and bytes outside any capability are raw);
+  MSI-X and the other capabilities are read-only.  Ignored writes still
+  succeed, as they do in the kernel.
 * mmap: only regions with the MMAP flag, MAP_SHARED, within the page-aligned
   size, and -- when the region has a sparse-mmap capability -- inside one of
   its areas; anything else is EINVAL.  The mapping is of the region's memfd, so
@@ -72,13 +77,14 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from .. import uapi
+from .. import memory, uapi
 from ..backend import DeviceBackend
 from ..errors import InvalidValue, VfioError
 from .format import (DeviceInfo, DeviceRecord, MappedRecord, Region, RecordFormatError, REGION_ROM, BAR_ROM,
                      DEVICE_INFO, INTERRUPT, REGION, type_name)
 from ..pci import regs as pci_regs
-from ..pci.config import walk_capabilities, walk_extended_capabilities
+from ..pci.config import ConfigSpace
+from ..pci.vconfig import VirtualConfigSpace
 
 PAGE_SIZE = mmap.PAGESIZE
 _REGION_INFO_SIZE = ctypes.sizeof(uapi.vfio_region_info)      # 32
@@ -249,7 +255,7 @@ class ReplayBackend(DeviceBackend):
         self._info = self.record.device_info or self._derived_info()
         self._is_pci = bool(self._info.vfio_flags & uapi.VFIO_DEVICE_FLAGS_PCI)
         self._memfds: dict[int, int] = {}
-        self._cfg_wmask: bytes | None = None
+        self._cfg_space: VirtualConfigSpace | None = None     # the config write policy, built at the first write
         self._irqs = {i: _Irq(i, r.flags, r.count) for i, r in self.record.interrupts.items()}
         #: Every SET_IRQS accepted, in order (for tests to watch MASK/UNMASK/TRIGGER).
         self.irq_log: list[IrqSetCall] = []
@@ -396,9 +402,7 @@ class ReplayBackend(DeviceBackend):
             return 0
         r, pos, fd = self._access(offset, len(data), True)
         if self._is_config(r):
-            old = os.pread(fd, len(data), pos)
-            m = self._config_wmask(r, fd)[pos:pos + len(data)]
-            data = bytes((o & ~k) | (n & k) for o, n, k in zip(old, data, m))
+            data = self._config_write(r, fd, pos, data)
         os.pwrite(fd, data, pos)
         return len(data)
 
@@ -413,7 +417,7 @@ class ReplayBackend(DeviceBackend):
         areas = self._sparse_areas(r)
         if areas is not None and not any(a <= pos and pos + length <= a + n for a, n in areas):
             raise self._err(errno.EINVAL, f"{what}: not inside a sparse-mmap area of region {r.index}")
-        return mmap.mmap(self._memfd(r), length, mmap.MAP_SHARED, prot, offset=pos)
+        return memory.map_fd(self._memfd(r), length, pos, prot, f"{what} (region {r.index}) on {self.name}")
 
     def _sparse_areas(self, r: Region):
         """The region's sparse-mmap areas, or None when it has no such capability."""
@@ -429,46 +433,40 @@ class ReplayBackend(DeviceBackend):
         return None if cap is None else list(cap.areas)
 
     # ---- config-space write policy ----------------------------------------------
-    def _config_wmask(self, r: Region, fd: int) -> bytes:
-        """Per-byte writable bits of config space (see the module docstring)."""
-        if self._cfg_wmask is not None:
-            return self._cfg_wmask
-        cfg = os.pread(fd, r.size, 0)
-        m = bytearray(r.size)
-        for off, val in ((0x04, 0xFF), (0x05, 0x07), (0x0C, 0xFF), (0x0D, 0xFF), (0x3C, 0xFF)):
-            if off < r.size:
-                m[off] = val
-        if len(cfg) >= 0x40 and cfg[0x0E] & 0x7F == 0:                     # type 0 header: BARs
-            prev_low = None
-            for i in range(6):
-                boff = 0x10 + 4 * i
-                low = struct.unpack_from("<I", cfg, boff)[0]
-                reg = self._regions.get(i)
-                size = reg.size if reg is not None else 0
-                if prev_low is not None and prev_low[0] & 0x7 == 0x4:        # upper half of a 64-bit BAR
-                    mask = (~(prev_low[1] - 1) >> 32) & _U32_MAX if prev_low[1] else 0
-                    prev_low = None
-                elif not size:
-                    mask, prev_low = 0, None
-                elif low & 1:                                                  # I/O BAR
-                    mask, prev_low = ~(size - 1) & 0xFFFFFFFC, None
-                else:
-                    mask, prev_low = ~(size - 1) & 0xFFFFFFF0, (low, size)
-                struct.pack_into("<I", m, boff, mask & _U32_MAX)
+    def _config_policy(self, r: Region, fd: int) -> VirtualConfigSpace:
+        """The writability vfio-pci gives a user (:meth:`VirtualConfigSpace.vfio_pci_user`) over the
+        captured config space, BARs sized from their regions, the ROM from the ROM region."""
+        if self._cfg_space is None:
+            cfg = os.pread(fd, r.size, 0)
+            sizes = {i: reg.size for i in range(pci_regs.STD_NUM_BARS)
+                     if (reg := self._regions.get(i)) is not None and reg.size}
             rom = self._regions.get(uapi.VFIO_PCI_ROM_REGION_INDEX)
-            if rom is not None and rom.size:
-                struct.pack_into("<I", m, 0x30, (~(rom.size - 1) & 0xFFFFF800 | 1) & _U32_MAX)
-        for b in range(pci_regs.STD_HEADER_SIZEOF, len(cfg)):       # capability bodies: RAM
-            m[b] = 0xFF
-        try:
-            for pos, _, _ in walk_capabilities(cfg):
-                m[pos] = m[pos + 1] = 0                          # ID and next
-            for pos, _, _, _ in walk_extended_capabilities(cfg):
-                m[pos:pos + 4] = bytes(4)                        # the whole header dword
-        except ValueError as e:
-            raise self._err(errno.EIO, f"config write: captured config space of region {r.index}: {e}") from None
-        self._cfg_wmask = bytes(m)
-        return self._cfg_wmask
+            what = f"captured config space of region {r.index}"
+            try:
+                # the kernel's region of the upper half of a 64-bit BAR is empty; a record may say otherwise
+                starts = {b.index for b in ConfigSpace(cfg, bar_sizes=sizes, source=what).bars}
+                self._cfg_space = VirtualConfigSpace.vfio_pci_user(
+                    cfg, bars={i: n for i, n in sizes.items() if i in starts},
+                    rom_size=rom.size if rom is not None else 0, source=what)
+            except ValueError as e:
+                raise self._err(errno.EIO, f"config write: {e}") from None
+        return self._cfg_space
+
+    def _config_write(self, r: Region, fd: int, pos: int, data: bytes) -> bytes:
+        """What ``data`` written at ``pos`` leaves in config space: split into naturally aligned
+        accesses of at most 4 bytes as vfio_config_do_rw does, each through the policy's masks
+        (read-only bits kept, write-1-to-clear bits cleared, BAR sizing)."""
+        policy = self._config_policy(r, fd)
+        out = bytearray(os.pread(fd, len(data), pos))
+        done = 0
+        while done < len(data):
+            at, left = pos + done, len(data) - done
+            n = 4 if left >= 4 and at % 4 == 0 else 2 if left >= 2 and at % 2 == 0 else 1
+            policy.poke(at, n, int.from_bytes(out[done:done + n], "little"))
+            policy.write(at, n, int.from_bytes(data[done:done + n], "little"))
+            out[done:done + n] = policy.peek(at, n).to_bytes(n, "little")
+            done += n
+        return bytes(out)
 
     # ---- interrupts ------------------------------------------------------------
     def set_irqs(self, irq_set: bytes) -> None:
