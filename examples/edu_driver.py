@@ -25,6 +25,9 @@ at most 4095 bytes there, and never 0.  This driver refuses a transfer outside
 Usage (as root, edu bound to vfio-pci)::
 
     python3 examples/edu_driver.py 0000:00:04.0 [--factorial 10] [--dma-bytes 1024]
+
+or, on any host, against the Python model of edu (:mod:`vfio.models.edu`) with
+the same driver code: ``python3 examples/edu_driver.py --model``.
 """
 
 from __future__ import annotations
@@ -140,24 +143,43 @@ def check_dma_size(n: int) -> None:
                        f"at {EDU_BUFFER:#x} (QEMU stops the VM on anything else)")
 
 
+def open_edu(bdf: str | None) -> PassthroughDevice:
+    """The edu at ``bdf``, or (None) a model of it served by vfio.model."""
+    if bdf is not None:
+        return PassthroughDevice.open(bdf)
+    from vfio.model import open_model_device
+    from vfio.models.edu import EduModel
+    dev = open_model_device(EduModel())
+    try:
+        return PassthroughDevice(dev, owns_device=True)
+    except BaseException:
+        dev.close()
+        raise
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("bdf", help="PCI address of the edu device, bound to vfio-pci")
+    ap.add_argument("bdf", nargs="?", help="PCI address of the edu device, bound to vfio-pci")
+    ap.add_argument("--model", action="store_true",
+                    help="drive vfio.models.edu.EduModel instead of a device (no VFIO needed)")
     ap.add_argument("--factorial", type=int, default=10, metavar="N")
     ap.add_argument("--dma-bytes", type=int, default=1024, metavar="N",
                     help=f"size of the DMA round trip, 1 to {EDU_DMA_MAX} (default 1024)")
     ap.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args(argv)
+    if (args.bdf is None) == (not args.model):
+        ap.error("give the edu device's PCI address or --model (one of them)")
+    name = args.bdf or "model"
     try:
         check_dma_size(args.dma_bytes)
-        with PassthroughDevice.open(args.bdf) as pt:
+        with open_edu(args.bdf) as pt:
             edu = Edu(pt, args.timeout)
             live = edu.liveness(0x12345678)
             fact = edu.factorial(args.factorial)
             pattern = bytes((i * 7 + 3) & 0xFF for i in range(args.dma_bytes))
             back = edu.dma_round_trip(pattern)
     except (EduError, OSError, ValueError) as e:
-        print(f"edu_driver: {args.bdf}: {e}", file=sys.stderr)
+        print(f"edu_driver: {name}: {e}", file=sys.stderr)
         return 1
     print(f"liveness: {live:#010x}")
     print(f"factorial({args.factorial}): {fact}")

@@ -41,6 +41,9 @@ MARKERS = {
                   "(FIXTURE_MARKERS in tests/conftest.py)", False),
     "qemu_trace": ("reads QEMU's memory trace of the guest's own accesses (the memwidth leg: "
                    "--qemu-trace 'memory_region_ops_*', edu and virtio-rng on vfio-pci)", True),
+    "x86_bus": ("touches a device in a way QEMU refuses with a bus error (edu's 1- and 2-byte "
+                "accesses): an x86 guest reads ones or zeros and goes on, an arm64 guest takes a "
+                "synchronous external abort in the kernel (an oops), so the arm64 leg deselects it", False),
     "arm64": ("describes the arm64 guest (the arm64 leg: tools/vfio-harness --arch arm64, QEMU virt "
               "with SMMUv3); x86 legs deselect it", True),
 }

@@ -8,12 +8,14 @@ objects, config-space reads of each width, capability walks, interrupt
 management, the PCI passthrough model, capture -- is written once, in
 :mod:`vfio.device` and above, on top of this class.
 
-Two backends implement it:
+Three backends implement it:
 
 * :class:`vfio.device.KernelBackend`: a real device fd, from a group
   (``VFIO_GROUP_GET_DEVICE_FD``) or a cdev (``/dev/vfio/devices/vfioN``).
 * :class:`vfio.record.replay.ReplayBackend`: a record file served back with the
   kernel's behaviour where it is known.
+* :class:`vfio.model.ModelBackend`: a device written in Python (a
+  :class:`vfio.model.DeviceModel`), served with that same behaviour.
 
 The primitives deliberately speak the kernel's own language: variable-length
 info calls take an ``argsz`` and return the buffer exactly as the kernel would

@@ -657,6 +657,7 @@ class Interface(str, Enum):
     CDEV = "cdev"               # /dev/vfio/devices/vfioN + iommufd
     NOIOMMU = "noiommu"         # group + no-IOMMU container: no DMA space
     REPLAY = "replay"           # a record file, no kernel
+    MODEL = "model"             # a Python device model (vfio.model), no kernel
 
     def __str__(self) -> str:
         return self.value

@@ -31,6 +31,9 @@ What is unsafe here, and why it is safe as used:
   handed out, never sliced into a copy (a ``memcpy``) and are released before
   the mapping is closed.  ``struct.pack_into`` is never used on device memory:
   it clears the destination with ``memset`` before storing.
+* :func:`copy_from`/:func:`copy_to` read and write memory known only by its
+  address (a software IOMMU's IOVA table); the table's owner guarantees the
+  mapping outlives the copy, since nothing else can.
 * :func:`release` closes a mapping even while a view made by a caller still
   exports it (then the memory stays mapped until the last view goes).
 """
@@ -93,6 +96,18 @@ def base_address(mm: mmap.mmap) -> int:
     Needs a writable mapping (ctypes refuses a read-only buffer).
     """
     return ctypes.addressof(ctypes.c_char.from_buffer(mm))
+
+
+def copy_from(address: int, length: int) -> bytes:
+    """``length`` bytes at ``address``: memory found by address, not through a mapping object
+    (a software IOMMU's table, :class:`vfio.model.SoftIommu`).  The caller must know the
+    range is mapped and stays mapped during the call: ctypes cannot check it."""
+    return ctypes.string_at(address, length)
+
+
+def copy_to(address: int, data) -> None:
+    """Store ``data`` at ``address``; the same contract as :func:`copy_from`."""
+    ctypes.memmove(address, bytes(data), len(data))
 
 
 def release(mm: mmap.mmap) -> None:

@@ -51,7 +51,7 @@ def test_container_open_device_failure_closes_the_group_it_opened(kernel):
 
 
 def test_interface_is_an_enum_equal_to_the_old_strings():
-    assert [i.value for i in Interface] == ["container", "cdev", "noiommu", "replay"]
+    assert [i.value for i in Interface] == ["container", "cdev", "noiommu", "replay", "model"]
     assert Interface("cdev") is Interface.CDEV and str(Interface.NOIOMMU) == "noiommu"
     assert f"{Interface.REPLAY}" == "replay"
 
