@@ -25,7 +25,6 @@ import errno
 import os
 
 from . import uapi
-from .address import PciAddress
 from .device import Device, KernelBackend
 from .errors import VfioError
 from .sysfs import PCI_DEVICES, HostError, SysfsTree

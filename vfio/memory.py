@@ -45,7 +45,7 @@ import mmap
 import struct
 import sys
 
-from .errors import InvalidValue, RegionAccessError, VfioError, wrap_oserror
+from .errors import InvalidValue, RegionAccessError, wrap_oserror
 
 PAGE_SIZE = mmap.PAGESIZE
 PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE

@@ -55,7 +55,6 @@ device's internal state (VFIO_DEVICE_FEATURE_MIG_*).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 from dataclasses import dataclass
