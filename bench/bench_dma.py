@@ -25,8 +25,14 @@ median leaves out.
 
 ``--breakdown`` adds, each against the raw loop: the DmaSpace primitives alone
 (``_map``/``_unmap`` at a fixed IOVA), the raw loop plus an IOVA alloc/free, and
-the raw loop plus eight empty Python calls -- the calibration that says what a
-Python-level call costs in this guest (under QEMU TCG, several microseconds).
+the raw loop plus 2, 4 and 10 empty Python calls -- the calibration that says
+what a Python-level call costs in this guest (under QEMU TCG, several
+microseconds).  2 is the floor of any Python API (``map()`` and ``unmap()``
+themselves), 4 that floor with each ioctl through the one chokepoint function
+(``vfio.uapi.ioctl``), 10 the toolkit's Python frames per map+unmap: ``map``,
+``IovaAllocator.alloc``, the space's ``_map``, ``IoctlArgs.call``,
+``uapi.ioctl``; ``unmap``, ``_unmap``, ``IoctlArgs.call``, ``uapi.ioctl``,
+``IovaAllocator.free``.
 
 ``--host`` needs no device: the kernel call is replaced by a no-op function on
 both sides (a Container and an IOAS on ``/dev/null``, ioctls never reaching the
@@ -77,7 +83,7 @@ def raw_container(fd, vaddr, iova, size, ioctl):
         for _ in range(n):
             ioctl(fd, rm, m, True)
             ioctl(fd, ru, u, True)
-    return raw
+    return raw, (ioctl, fd, rm, m, ru, u)
 
 
 def raw_ioas(fd, ioas_id, vaddr, iova, size, ioctl):
@@ -92,7 +98,7 @@ def raw_ioas(fd, ioas_id, vaddr, iova, size, ioctl):
         for _ in range(n):
             ioctl(fd, rm, m, True)
             ioctl(fd, ru, u, True)
-    return raw
+    return raw, (ioctl, fd, rm, m, ru, u)
 
 
 def toolkit_loop(space, buf):
@@ -129,8 +135,10 @@ def report(label, rounds, n, host=False):
     return statistics.median(ratios)
 
 
-def breakdown_loops(space, buf, iova, raw_fn):
-    """Where the toolkit's time goes: each layer added to the raw loop on its own."""
+def breakdown_loops(space, buf, iova, raw_fn, raw_args):
+    """Where the toolkit's time goes: each layer added to the raw loop on its own
+    (the raw ioctls inline in each loop, as in the raw loop)."""
+    ioctl, fd, rm, m, ru, u = raw_args
     size, vaddr = buf.size, buf.vaddr
     prim_map, prim_unmap = space._map, space._unmap
     alloc = space.allocator
@@ -143,19 +151,36 @@ def breakdown_loops(space, buf, iova, raw_fn):
     def raw_plus_allocator(n):  # the raw ioctls, then an IOVA allocated and freed (the same one)
         a, f = alloc.alloc, alloc.free
         for _ in range(n):
-            raw_fn(1)
+            ioctl(fd, rm, m, True)
+            ioctl(fd, ru, u, True)
             f(a(size))
+
     def nop(*args):
         pass
 
-    def raw_plus_calls(n):      # calibration: the raw ioctls and 8 empty Python calls per map+unmap
-        ioctl = raw_fn
+    def raw_plus_2_calls(n):    # the floor of any Python API: map() and unmap() doing only the ioctl
         for _ in range(n):
-            nop(); nop(1); nop(1, 2); nop(1, 2, 3)
-            ioctl(1)
-            nop(); nop(1); nop(1, 2); nop(1, 2, 3)
+            nop(1)
+            ioctl(fd, rm, m, True)
+            nop(1)
+            ioctl(fd, ru, u, True)
+
+    def raw_plus_4_calls(n):    # ... each through a chokepoint function (vfio.uapi.ioctl)
+        for _ in range(n):
+            nop(1); nop(1, 2)
+            ioctl(fd, rm, m, True)
+            nop(1); nop(1, 2)
+            ioctl(fd, ru, u, True)
+
+    def raw_plus_calls(n):      # calibration: the raw ioctls and 10 empty Python calls per map+unmap
+        for _ in range(n):      # (the toolkit's Python frames per map+unmap: bench_dma.py docstring)
+            nop(); nop(1); nop(1, 2); nop(1, 2, 3); nop(1)
+            ioctl(fd, rm, m, True)
+            nop(); nop(1); nop(1, 2); nop(1, 2, 3); nop(1)
+            ioctl(fd, ru, u, True)
     return [("DmaSpace primitives (_map/_unmap)", primitives), ("raw + IovaAllocator alloc/free", raw_plus_allocator),
-            ("raw + 8 empty Python calls", raw_plus_calls)]
+            ("raw + 2 empty Python calls", raw_plus_2_calls), ("raw + 4 empty Python calls", raw_plus_4_calls),
+            ("raw + 10 empty Python calls", raw_plus_calls)]
 
 
 def bench(label, space, fd, make_raw, a, host=False):
@@ -165,11 +190,11 @@ def bench(label, space, fd, make_raw, a, host=False):
         iova = probe.iova
         space.unmap(probe)
         ours = toolkit_loop(space, buf)
-        raw = make_raw(fd, buf.vaddr, iova, buf.size)
+        raw, raw_args = make_raw(fd, buf.vaddr, iova, buf.size)
         ours(a.n // 10 or 1)                # warm both paths (first pinning, caches)
         raw(a.n // 10 or 1)
         if a.breakdown:
-            for name, fn in breakdown_loops(space, buf, iova, raw):
+            for name, fn in breakdown_loops(space, buf, iova, raw, raw_args):
                 fn(a.n // 10 or 1)
                 report(f"{label} [{name}]", interleaved(fn, raw, a.n, a.rounds), a.n, host)
         return report(label, interleaved(ours, raw, a.n, a.rounds), a.n, host)

@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
+import time
 
 import os
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import best, best_interleaved  # noqa: E402
 import subprocess  # noqa: E402
@@ -111,6 +113,65 @@ def baseline(b: bytes) -> list:
     return out
 
 
+_U_REGION = struct.Struct("<IQQQ").unpack_from
+_U_II = struct.Struct("<II").unpack_from
+_U_I = struct.Struct("<I").unpack_from
+_U_IQ = struct.Struct("<IQ").unpack_from
+_U_III = struct.Struct("<III").unpack_from
+
+
+def objects_floor(b: bytes) -> list:
+    """What building the codec's model costs at the least: the baseline's walk,
+    with the model objects (``object.__new__`` and their fields set, as the
+    codec's decoders do) instead of tuples; no check, no call per record
+    (``--breakdown``).  Only the record types of this bench's file."""
+    hdr = _H.unpack_from
+    new = object.__new__
+    out = []
+    append = out.append
+    pos, end = _H.unpack_from(b, 16)[0], len(b)
+    while pos < end:
+        t, ln, fl = hdr(b, pos)
+        if t == 1:
+            kids = []
+            p, e = pos + 40, pos + ln
+            while p < e:
+                t2, l2, f2 = hdr(b, p)
+                if t2 == 0x8003:
+                    o = new(F.RegionData)
+                    _, o.offset = _U_IQ(b, p + 12)
+                    o.data = b[p + 24:p + l2]
+                elif t2 == 6:
+                    o = new(F.PciBarInfo)
+                    o.bar_type, o.bar_index = _U_II(b, p + 12)
+                else:
+                    o = new(F.RegionInfo)
+                    o.vfio_flags, = _U_I(b, p + 12)
+                    o.caps = b[p + 16:p + l2]
+                o.flags = f2
+                kids.append(o)
+                p = (p + l2 + 7) & ~7
+            o = new(F.Region)
+            o.index, o.offset, o.size, o.addr = _U_REGION(b, pos + 12)
+            o.children = kids
+        elif t == 0x8004:
+            o = new(F.Note)
+            o.text = b[pos + 12:pos + ln - 1].decode()
+        elif t == 4:
+            o = new(F.Interrupt)
+            o.index, o.count, _ = _U_III(b, pos + 12)
+            o.children = []
+        else:
+            o = b[pos:pos + ln]
+            append(o)
+            pos = (pos + ln + 7) & ~7
+            continue
+        o.flags = fl
+        append(o)
+        pos = (pos + ln + 7) & ~7
+    return out
+
+
 def count(tree: list) -> int:
     return sum(1 + len(r[1]) if isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], list) else 1
                for r in tree)
@@ -186,12 +247,15 @@ def main(argv=None) -> int:
     ap.add_argument("--records", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--big-mib", type=int, default=100, help="size of the lazy-access file's large BAR")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the model objects alone, built inline without checks or calls")
     a = ap.parse_args(argv)
     b = make_file(a.records)
     nrec = count(baseline(b))
     rec = F.parse(b)
     assert F.write(rec) == b
     t_base, t_codec = best_interleaved([lambda: baseline(b), lambda: F.parse(b)], a.repeat)
+    c_base, c_codec = best_interleaved([lambda: baseline(b), lambda: F.parse(b)], a.repeat, time.thread_time)
     import gc
     gc.enable()                     # the same with the garbage collector running, as in a program
     g_base, g_codec = [min(x) for x in zip(*[(best(lambda: baseline(b), 1), best(lambda: F.parse(b), 1))
@@ -202,8 +266,15 @@ def main(argv=None) -> int:
           f"({nrec / t_base / 1e6:.2f} M records/s)")
     print(f"vfio.record.format.parse (model + every check):      {t_codec * 1e3:7.2f} ms  "
           f"({nrec / t_codec / 1e6:.2f} M records/s)")
-    print(f"ratio parse / baseline: {t_codec / t_base:.2f}x   (gc on: {g_codec / g_base:.2f}x)   "
+    print(f"ratio parse / baseline: {t_codec / t_base:.2f}x   (CPU time: {c_codec / c_base:.2f}x, "
+          f"{c_base * 1e3:.2f} vs {c_codec * 1e3:.2f} ms; gc on: {g_codec / g_base:.2f}x)   "
           f"cstruct object per record header (estimate): {t_cs / t_base:.0f}x")
+    if a.breakdown:
+        assert [type(r) for r in objects_floor(b)[2:]] == [type(r) for r in rec.records[2:]]
+        c_base, c_floor, c_codec = best_interleaved([lambda: baseline(b), lambda: objects_floor(b),
+                                                     lambda: F.parse(b)], a.repeat, time.thread_time)
+        print(f"breakdown (CPU time): the model objects alone, built inline, no check, no call per record: "
+              f"{c_floor * 1e3:.2f} ms = {c_floor / c_base:.2f}x the baseline; parse {c_codec / c_base:.2f}x")
     if a.big_mib:
         lazy_bench(a.big_mib, max(3, a.repeat // 4))
     return 0

@@ -105,6 +105,9 @@ class _Floor:
     def read32(self, offset):
         return self.v4[offset >> 2]
 
+    def write32(self, offset, value):
+        self.v4[offset >> 2] = value
+
 
 def bench_floor(raw_mm, base: int, n: int, repeat: int) -> None:
     view = memoryview(raw_mm).cast("I")
@@ -123,10 +126,26 @@ def bench_floor(raw_mm, base: int, n: int, repeat: int) -> None:
             for o in offs:
                 v[o >> 2]
 
+    wr = _Floor(view).write32
+
+    def floor_w():
+        for _ in range(rounds):
+            for o in offs:
+                wr(o, 5)
+
+    def raw_w():
+        v = view
+        for _ in range(rounds):
+            for o in offs:
+                v[o >> 2] = 5
+
     t_floor, t_raw = best_interleaved([floor, raw], repeat)
     print(f"(context) unchecked Python method read32: {t_floor / (rounds * 64) * 1e9:.0f} ns/access, "
           f"raw {t_raw / (rounds * 64) * 1e9:.0f} ns/access, ratio {t_floor / t_raw:.2f}x: the call's own cost")
-    rd = None
+    t_floor, t_raw = best_interleaved([floor_w, raw_w], repeat)
+    print(f"(context) unchecked Python method write32: {t_floor / (rounds * 64) * 1e9:.0f} ns/access, "
+          f"raw {t_raw / (rounds * 64) * 1e9:.0f} ns/access, ratio {t_floor / t_raw:.2f}x: the call's own cost")
+    rd = wr = None
     view.release()
 
 

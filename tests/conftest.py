@@ -44,6 +44,12 @@ MARKERS = {
     "x86_bus": ("touches a device in a way QEMU refuses with a bus error (edu's 1- and 2-byte "
                 "accesses): an x86 guest reads ones or zeros and goes on, an arm64 guest takes a "
                 "synchronous external abort in the kernel (an oops), so the arm64 leg deselects it", False),
+    "mdev": ("needs mediated devices: the mdev framework and the kernel's sample parents mtty/mdpy "
+             "(built x86 kernels only: the container and iommufd-container legs)", True),
+    "platform": ("opens device-tree devices (virtio-mmio, PL031) through vfio-platform/vfio-amba (the "
+                 "arm64-platform leg: QEMU virt in no-IOMMU mode, where platform devices get noiommu groups)", True),
+    "whole_session": ("records and replays a whole program's session with a device through subprocesses "
+                      "(about a minute under TCG): the stock leg runs it, the other legs deselect it", False),
     "arm64": ("describes the arm64 guest (the arm64 leg: tools/vfio-harness --arch arm64, QEMU virt "
               "with SMMUv3); x86 legs deselect it", True),
 }

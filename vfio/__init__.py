@@ -51,7 +51,7 @@ if TYPE_CHECKING:   # what linters and type checkers see; at run time these load
     from .errors import Error, InvalidValue, RegionAccessError, UnsafeOperationError, VfioError
     from .group import Group, group_path_of, iommu_group_of, normalize_bdf
     from .irq import Dispatcher, EventFd
-    from .open import open_pci_device
+    from .open import open_mdev_device, open_pci_device, open_platform_device
     from .sysfs import available_interfaces
 
 # The package face is loaded lazily (PEP 562): ``import vfio.host.inspect`` runs
@@ -67,7 +67,7 @@ _LAZY = {
     "errors": ("Error", "InvalidValue", "RegionAccessError", "UnsafeOperationError", "VfioError"),
     "group": ("Group", "group_path_of", "iommu_group_of", "normalize_bdf"),
     "irq": ("Dispatcher", "EventFd"),
-    "open": ("open_pci_device",),
+    "open": ("open_pci_device", "open_mdev_device", "open_platform_device"),
     "sysfs": ("available_interfaces",),     # re-exported by vfio.open too
 }
 __getattr__, __dir__ = lazy_face(__name__, globals(), _LAZY)
@@ -76,5 +76,5 @@ __all__ = [
     "Container", "Device", "DeviceInfo", "Dispatcher", "DmaBuffer", "DmaMapping", "DmaSpace",
     "Error", "EventFd", "Group", "Interface", "InvalidValue", "IovaAllocator", "IrqInfo", "KernelBackend", "MappedRegion", "NoIommuWarning", "PciAddress",
     "Region", "RegionAccessError", "RegionInfo", "UnsafeOperationError", "VfioError",
-    "open_pci_device", "available_interfaces",
+    "open_pci_device", "open_mdev_device", "open_platform_device", "available_interfaces",
 ]

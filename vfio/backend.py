@@ -38,6 +38,10 @@ class DeviceBackend(abc.ABC):
 
     #: Name used in error messages: a BDF, a cdev path or a record file.
     name: str = "?"
+    #: True for a backend that must see every access (a cassette being recorded or
+    #: replayed, :mod:`vfio.record.cassette`): :meth:`vfio.device.Region.map` then
+    #: gives a view whose accessors go through ``pread``/``pwrite``, not a mapping.
+    traps_mmio: bool = False
 
     # ---- ioctls -----------------------------------------------------------
     @abc.abstractmethod

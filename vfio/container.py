@@ -228,9 +228,16 @@ class Container(OwnedFd, DmaSpace, Shared):
         return self._unmap(iova, size)
 
     # ---- groups ----------------------------------------------------------------------
-    def open_device(self, bdf: str, group_path: str | None = None):
+    def open_device(self, name: str, group_path: str | None = None, **device):
         """Open a device of a group bound to VFIO in this container: the context's
         device opener (the container path's ``get_device_fd``).
+
+        ``name`` is a PCI address (normalized; without ``group_path`` its group is
+        found from sysfs), or, with ``group_path``, whatever name the group knows its
+        device by: a mediated device's UUID, a platform device's name
+        (:func:`vfio.open_mdev_device`, :func:`vfio.open_platform_device`).
+        ``device``: keywords handed on to :meth:`vfio.group.Group.open_device`
+        (a platform device's ``dt`` origins).
 
         Finds the device's group in the container, or opens it (``group_path``, by
         default its ``/dev/vfio`` node from sysfs) and adds it; sets the IOMMU model
@@ -242,8 +249,15 @@ class Container(OwnedFd, DmaSpace, Shared):
         Raises :class:`VfioError` (errno kept) when the kernel refuses a step (EBUSY:
         the group is open elsewhere), ``ValueError`` for a malformed address.
         """
-        bdf = normalize_bdf(bdf)
-        path = group_path if group_path is not None else group_path_of(bdf)
+        if group_path is None:
+            name = normalize_bdf(name)
+            path = group_path_of(name)
+        else:
+            path = group_path
+            try:
+                name = normalize_bdf(name)
+            except ValueError:
+                pass        # not a PCI address: an mdev's UUID, a platform device's name
         held = []       # a lease on a group opened here, released once the device holds its own
         try:
             group = self.group_for(path)
@@ -254,8 +268,8 @@ class Container(OwnedFd, DmaSpace, Shared):
             if self.iommu_type is None:
                 self.set_iommu()
             if self.noiommu:
-                return group.open_device(bdf, dma=None, interface=Interface.NOIOMMU)
-            return group.open_device(bdf, dma=self, interface=Interface.CONTAINER)
+                return group.open_device(name, dma=None, interface=Interface.NOIOMMU, **device)
+            return group.open_device(name, dma=self, interface=Interface.CONTAINER, **device)
         finally:
             while held:
                 held.pop().close()

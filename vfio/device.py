@@ -377,7 +377,7 @@ class Region(Resource):
         :class:`VfioError` (errno kept, region and area named) if the kernel refuses
         the mmap.
         """
-        m = MappedRegion(self, prot)
+        m = (TrappedMappedRegion if self.device.backend.traps_mmio else MappedRegion)(self, prot)
         self._maps.append(m)
         return m
 
@@ -408,7 +408,7 @@ class MappedRegion(Resource):
     """
 
     __slots__ = ("region", "size", "_what", "_areas", "_v1", "_v2", "_v4", "_v8", "_k1", "_k2", "_k4", "_k8",
-                 "_fast", "_fast_end")
+                 "_fast", "_fast_end", "_trapped")
 
     def __init__(self, region: Region, prot: int):
         self.region = region
@@ -417,7 +417,13 @@ class MappedRegion(Resource):
         # (start, end, mmap, base address -- None if read-only; for code that hands the address on --, WordViews)
         self._areas = []
         self._set_fast(memory.WordViews())
+        self._trapped = False
         areas = region.info.mmap_areas()
+        if areas and region.device.backend.traps_mmio:
+            # the backend must see every access (a cassette): no mapping, each accessor
+            # takes the slow path to the region's pread/pwrite
+            self._trapped = True
+            return
         if not areas:
             raise RegionAccessError(f"{self._what} has no mmap-able area")
         try:
@@ -461,7 +467,7 @@ class MappedRegion(Resource):
 
     # ---- the slow path: everything the fast path does not settle ---------------------------
     def _check(self, offset: int, w: int) -> None:
-        if not self._areas:
+        if not self._areas and not self._trapped:
             raise RegionAccessError(f"{self._what}: mapping is closed")
         memory.check_access(offset, w, self.size, self._what)
 
@@ -555,7 +561,7 @@ class MappedRegion(Resource):
 
     # ---- bulk ------------------------------------------------------------------------------
     def _check_span(self, offset: int, length: int) -> None:
-        if not self._areas:
+        if not self._areas and not self._trapped:
             raise RegionAccessError(f"{self._what}: mapping is closed")
         memory.check_span(offset, length, self.size, self._what)
 
@@ -598,10 +604,43 @@ class MappedRegion(Resource):
 
     def close(self) -> None:
         areas, self._areas = self._areas, []
+        self._trapped = False
         self._set_fast(memory.WordViews())      # the accessors now miss, and find it closed
         for _, _, mm, _, views in areas:
             views.release()
             memory.release(mm)
+
+
+class TrappedMappedRegion(MappedRegion):
+    """The view :meth:`Region.map` gives on a backend that must see every access
+    (``traps_mmio``: a cassette being recorded or replayed): nothing is mapped,
+    each accessor is the region's pread/pwrite with the view's checks."""
+
+    __slots__ = ()
+
+    def read8(self, offset: int) -> int:
+        return self._read_slow(offset, 1)
+
+    def read16(self, offset: int) -> int:
+        return self._read_slow(offset, 2)
+
+    def read32(self, offset: int) -> int:
+        return self._read_slow(offset, 4)
+
+    def read64(self, offset: int) -> int:
+        return self._read_slow(offset, 8)
+
+    def write8(self, offset: int, value: int) -> None:
+        self._write_slow(offset, 1, value)
+
+    def write16(self, offset: int, value: int) -> None:
+        self._write_slow(offset, 2, value)
+
+    def write32(self, offset: int, value: int) -> None:
+        self._write_slow(offset, 4, value)
+
+    def write64(self, offset: int, value: int) -> None:
+        self._write_slow(offset, 8, value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -676,12 +715,15 @@ class Device(Resource):
       unknown, e.g. replay, or in no-IOMMU mode);
     * ``interface``: an :class:`Interface`, or None;
     * ``group``, ``container``: the Group and Container (container path), else None;
-    * ``ioas``, ``iommufd``: the IOAS and IommuFD it is attached to (cdev path), else None.
+    * ``ioas``, ``iommufd``: the IOAS and IommuFD it is attached to (cdev path), else None;
+    * ``dt``: the device-tree origin of its regions and IRQs (a
+      :class:`vfio.platform.DtOrigins`, or a function making one from the
+      :class:`DeviceInfo`), for a platform device or a replayed capture of one; else None.
     """
 
     def __init__(self, backend: DeviceBackend, owns: Sequence = (), *, dma=None,
                  interface: Interface | None = None, group=None, container=None,
-                 ioas=None, iommufd=None):
+                 ioas=None, iommufd=None, dt=None):
         self.backend = backend
         self.name = backend.name
         self.dma = dma
@@ -694,8 +736,10 @@ class Device(Resource):
         self._regions: dict[int, Region] = {}
         self._irq_owner: dict[int, IrqVectors] = {}
         self._extra_efds: list[EventFd] = []
+        self.dt = None
         try:
             self.info = self._get_device_info()
+            self.dt = dt(self.info) if callable(dt) else dt
         except BaseException:
             self.close()
             raise
@@ -755,6 +799,15 @@ class Device(Resource):
         if not self.info.is_pci:
             raise VfioError(errno.EINVAL, f"config space of {self.name}: not a PCI device")
         return self.region(uapi.VFIO_PCI_CONFIG_REGION_INDEX)
+
+    def region_origin(self, index: int):
+        """The device-tree node and ``reg`` entry region ``index`` comes from (a
+        :class:`vfio.platform.DtOrigin`), or None (a PCI device, or no origin known)."""
+        return self.dt.region(index) if self.dt is not None else None
+
+    def irq_origin(self, index: int):
+        """The device-tree node and ``interrupts`` entry IRQ ``index`` comes from, or None."""
+        return self.dt.irq(index) if self.dt is not None else None
 
     def irq_info(self, index: int) -> IrqInfo:
         st = uapi.vfio_irq_info.from_buffer_copy(self._be.get_irq_info(index))
@@ -877,6 +930,18 @@ class Device(Resource):
                             bytes(uapi.vfio_device_feature_mig_state(device_state=state, data_fd=-1)))
         return uapi.vfio_device_feature_mig_state.from_buffer_copy(data).data_fd
 
+    _migration = None
+
+    @property
+    def migration(self):
+        """The device's migration interface (:class:`vfio.migration.Migration`: features,
+        state, ``set_state`` along the kernel's arcs, ``save``/``load`` of a stream).  One per
+        device; an open data transfer session closes with the device."""
+        if self._migration is None:
+            from .migration import Migration
+            self._migration = Migration(self)
+        return self._migration
+
     def low_power_entry(self) -> None:
         """Let the device enter D3cold-capable low power (vfio-pci runtime PM)."""
         self.feature(uapi.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, uapi.VFIO_DEVICE_FEATURE_SET)
@@ -954,6 +1019,8 @@ class Device(Resource):
         if self.backend is None:
             return
         try:
+            if self._migration is not None:
+                self._migration.close()     # a data fd before the device it belongs to
             for r in self._regions.values():
                 r.close()
             self._regions.clear()

@@ -158,17 +158,18 @@ class Group(OwnedFd, Shared):
         return uapi.ioctl(self._fd(), uapi.VFIO_GROUP_GET_DEVICE_FD, buf,
                           f"VFIO_GROUP_GET_DEVICE_FD {name} on {self.path}")
 
-    def open_device(self, name: str, *, dma=None, interface=None) -> Device:
+    def open_device(self, name: str, *, dma=None, interface=None, dt=None) -> Device:
         """A device of this group (VFIO_GROUP_GET_DEVICE_FD).  The device holds a lease
         on the group until it is closed; its ``group`` and ``container`` are this group
         and its container, ``dma`` and ``interface`` what the caller says (the container's
-        :meth:`~vfio.container.Container.open_device` says which)."""
+        :meth:`~vfio.container.Container.open_device` says which), ``dt`` its device-tree
+        origins (:func:`vfio.platform.open_platform_device` gives them)."""
         fd = self.get_device_fd(name)
         backend = KernelBackend(fd, name)
         try:
             # a failed Device() closes both
             return Device(backend, owns=[self.lease()], dma=dma, interface=interface,
-                          group=self, container=self.container)
+                          group=self, container=self.container, dt=dt)
         except BaseException:
             backend.close()
             raise

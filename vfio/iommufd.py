@@ -213,16 +213,23 @@ class IOAS(DmaSpace, Shared):
         the iommufd.  Raises :class:`VfioError` (errno kept) when the kernel refuses a
         step, ``ValueError`` for a malformed address.
         """
+        bdf = normalize_bdf(bdf)
+        return self.open_device_at(cdev_path_of(bdf, sysfs, devdir), bdf)
+
+    def open_device_at(self, path: str, name: str, dt=None) -> Device:
+        """Open the VFIO cdev ``path`` of device ``name`` (any bus: a platform
+        device's, see :func:`vfio.platform.open_platform_device`), bound to this
+        IOAS's iommufd and attached to this IOAS, as :meth:`open_device` does for a
+        PCI function; ``dt`` is handed to the Device."""
         if self.id is None:
             raise VfioError(errno.EBADF, f"IOAS of {self.iommufd.path} is closed")
-        bdf = normalize_bdf(bdf)
         iommufd = self.iommufd
-        backend = CdevBackend(cdev_path_of(bdf, sysfs, devdir), iommufd, bdf)
+        backend = CdevBackend(path, iommufd, name)
         try:
             backend.attach(self.id)
             # owns pops from the end: the IOAS goes before the iommufd it lives in
             return Device(backend, owns=[iommufd.lease(), self.lease()], dma=self,
-                          interface=Interface.CDEV, ioas=self, iommufd=iommufd)
+                          interface=Interface.CDEV, ioas=self, iommufd=iommufd, dt=dt)
         except BaseException:
             backend.close()
             raise
@@ -285,10 +292,19 @@ def open_cdev_device(bdf: str, iommufd: IommuFD | None = None, ioas: IOAS | None
     not live in the given ``iommufd``.
     """
     bdf = normalize_bdf(bdf)
+    return open_cdev_node(cdev_path_of(bdf, sysfs, devdir), bdf, iommufd, ioas)
+
+
+def open_cdev_node(path: str, name: str, iommufd: IommuFD | None = None, ioas: IOAS | None = None,
+                   dt=None) -> Device:
+    """Open the VFIO device whose cdev is ``path`` (``/dev/vfio/devices/vfioN``), named
+    ``name`` (e.g. a mediated device's UUID; :meth:`IOAS.open_device_at`), with the
+    iommufd and IOAS created when not given, owned as in :func:`open_cdev_device`;
+    ``dt``: a platform device's device-tree origins, handed to the Device."""
     if ioas is not None:
         if iommufd is not None and ioas.iommufd is not iommufd:
             raise InvalidValue(f"IOAS {ioas.id} lives in another iommufd than {iommufd.path}")
-        return ioas.open_device(bdf, sysfs, devdir)
+        return ioas.open_device_at(path, name, dt=dt)
     held = []       # released last to first; the device takes its own leases on success
     try:
         if iommufd is None:
@@ -296,7 +312,7 @@ def open_cdev_device(bdf: str, iommufd: IommuFD | None = None, ioas: IOAS | None
             held.append(iommufd.lease(adopt=True))
         ioas = iommufd.alloc_ioas()
         held.append(ioas.lease(adopt=True))
-        return ioas.open_device(bdf, sysfs, devdir)
+        return ioas.open_device_at(path, name, dt=dt)
     finally:
         while held:
             held.pop().close()

@@ -26,6 +26,18 @@ SAMPLES = {
     F.REGION_INFO: F.RegionInfo(0x8, b"\xaa" * 8, 0x20),     # CAPS; no R/W/MMAP, as its test regions
     F.REGION_DATA: F.RegionData(0x8, bytes(range(29)), 0x2),
     F.NOTE: F.Note("captured by a test \u00e9", 0x80),
+    # cassettes (1.1)
+    F.CASSETTE: F.Cassette("edu_driver.py 0000:00:04.0", 0x1),
+    F.ACCESSES: F.Accesses([F.Access(F.ACCESS_READ, 4, 0, 0x4, 0xEDCBA987),
+                            F.Access(F.ACCESS_WRITE, 8, 7, 0x98, (1 << 64) - 1)], 0x2),
+    F.ACCESS_DATA: F.AccessData(7, 0x10, bytes(range(19)), F.ACCESS_DATA_WRITE | 0x10),
+    F.IRQ_SET: F.IrqSet(2, 17, 1, 2, 0x24, bytes(8), 0x4),
+    F.IRQ_EVENT: F.IrqEvent(1, 99, 3, 0x8),
+    F.RESET_EVENT: F.ResetEvent(F.RESET_HOT, 5, 0x10),
+    F.DMA_MAP: F.DmaMap(3, 0x300000, 0x2000, F.DMA_READ | F.DMA_WRITE_OK),
+    F.DMA_UNMAP: F.DmaUnmap(40, 0x300000, 0x2000, 0x20),
+    F.DMA_WRITE: F.DmaWrite(12, 0x301000, b"\x01\x02\x03", 0x40),
+    F.MARKER: F.Marker(7, "factorial done", 0x80),
 }
 
 

@@ -18,3 +18,6 @@
 #: owns the file; it is named here so that ``vfio-inspect`` can see there is none
 #: (the usual case) without loading that module.
 ASSIGN_STATE_FILE = "run/vfio-assign/state.json"
+#: Its record of the device-tree (platform/AMBA) devices it bound, beside it (those
+#: entries are keyed by device name, the PCI ones by BDF).
+ASSIGN_PLATFORM_STATE_FILE = "run/vfio-assign/platform-state.json"

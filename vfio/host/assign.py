@@ -22,7 +22,8 @@ What this module adds around those writes:
   when asked (``whole_group``); otherwise the request is refused naming them.
   Release is symmetric: a device goes back with the companions that were
   assigned with it, or the request is refused naming them (``split_group``
-  overrides that).
+  overrides that).  A member that is not a PCI function (a platform device)
+  counts by its bus's rule and is named, never moved, by a PCI run.
 * **Safety.**  Devices in use (:mod:`vfio.host.inuse`: mounted disks, the root
   filesystem, configured network interfaces, the boot VGA) are refused unless
   ``force``.
@@ -50,6 +51,11 @@ What this module adds around those writes:
   :meth:`Assigner.reconcile` compares the two for every recorded device and
   says what ``release`` will do; :func:`interrupted` lists the devices an
   interrupted run left half-way (read-only; ``vfio-inspect`` shows them).
+* **Device-tree devices.**  :class:`PlatformAssigner` does the same for
+  platform and AMBA devices (vfio-platform, vfio-amba), keyed by device name
+  in its own state file (:data:`PLATFORM_STATE`); only the hooks that find a
+  device and fill its record differ, the state file, the run, the rollback
+  loop and reconciliation are :class:`Assigner`'s.
 * **Groups that appear on probe.**  With some IOMMUs (virtio-iommu described
   by ACPI VIOT) the kernel attaches a device to the IOMMU -- and gives it a
   group -- only when a driver probes it, so a device no driver has claimed has
@@ -279,10 +285,15 @@ class StateFile:
         if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA or not isinstance(data.get("devices"), dict):
             raise self._corrupt(f"not a {STATE_SCHEMA} file")
         for bdf, rec in data["devices"].items():
-            why = _check_record(bdf, rec)
+            why = self._check(bdf, rec)
             if why:
                 raise self._corrupt(why)
         return data
+
+    @staticmethod
+    def _check(key: str, rec) -> str:
+        """Why a device entry is malformed ('' when it is fine)."""
+        return _check_record(key, rec)
 
     def save(self, data: dict) -> None:
         if self._fd < 0:
@@ -463,10 +474,27 @@ class Assigner:
     on a live system, a :class:`~vfio.host.simulate.SimulatedSysfs` in tests.
     """
 
+    #: The kind of state file the records live in (one per kind of device key).
+    state_file = StateFile
+
     def __init__(self, host: Host, state_path: str | None = None, wait: bool = True):
         self.host = host
         self.state_path = state_path or host.sysfs.path(DEFAULT_STATE)
         self.wait = wait
+
+    # ---- what differs between buses: the device behind a key and its record ---------
+    def _lookup(self, key: str):
+        """The device recorded under ``key`` as sysfs shows it now (``.bdf`` is its key);
+        raises :class:`DeviceNotFound`."""
+        return self.host.device(key)
+
+    def _vfio_driver(self, dev) -> str:
+        """The driver (and override) an assigned device is on."""
+        return VFIO_PCI
+
+    def _record_fields(self, dev) -> dict:
+        """What a record keeps about ``dev`` besides its original driver and status."""
+        return {"ids": dev.ids, "iommu_group": dev.iommu_group}
 
     # ---- helpers -------------------------------------------------------------------
     def _driver(self, bdf: str) -> str | None:
@@ -475,7 +503,7 @@ class Assigner:
     def _where(self, bdf: str) -> tuple | None:
         """(driver, override) now; None when the device is gone."""
         try:
-            d = self.host.device(bdf)
+            d = self._lookup(bdf)
         except DeviceNotFound:
             return None
         return (d.driver, d.driver_override)
@@ -518,6 +546,11 @@ class Assigner:
                   [self._w(rel, value or "\n")], None,
                   lambda: self._ensure_override(dev.bdf, previous))
 
+    def _stray_others(self, group) -> list:
+        """Non-PCI members of ``group`` that keep it from being viable (:mod:`vfio.host.viability`)."""
+        from .viability import other_member_status
+        return [m for m in (other_member_status(self.host, group.number, n) for n in group.others) if not m.ok]
+
     def _stray(self, group, covered) -> list:
         """Members of ``group`` outside ``covered`` whose drivers own their DMA."""
         return [m for m in group.devices if m.bdf not in covered
@@ -539,6 +572,7 @@ class Assigner:
         problems = []
         targets: dict[str, PciDevice] = {}
         late: list[str] = []             # group known only once vfio-pci has probed them
+        others_checked: set = set()
         iommu = host.has_iommu
         for d in list(wanted.values()):
             if d.iommu_group is None:
@@ -565,6 +599,14 @@ class Assigner:
             targets[d.bdf] = d
             for m in stray:
                 targets[m.bdf] = m
+            # members that are not PCI functions count too (a platform device on its own
+            # driver keeps the group unviable); the PCI path cannot move them: say how
+            if group.number not in others_checked:
+                others_checked.add(group.number)
+                for m in self._stray_others(group):
+                    problems.append(f"IOMMU group {group.number} of {d.bdf} is not viable while {m.reason}, "
+                                    f"which is not a PCI function: give it to VFIO first (vfio-assign bind "
+                                    f"{m.bdf}) or unbind it")
         if problems:
             raise AssignmentRefused("refused:\n  " + "\n  ".join(problems))
         busy = []
@@ -782,7 +824,7 @@ class Assigner:
                owner: tuple | None = None, dry_run: bool = False) -> Plan:
         """Plan and (unless ``dry_run``) carry out an assignment, under the state lock
         (a dry run reads the state without locking or creating anything)."""
-        with StateFile(self.state_path, self.wait, readonly=dry_run) as st:
+        with self.state_file(self.state_path, self.wait, readonly=dry_run) as st:
             state = st.load()
             plan = self.plan_assign(specs, whole_group, force, owner)
             if dry_run:
@@ -790,10 +832,10 @@ class Assigner:
             for d in plan.devices:
                 old = state["devices"].get(d.bdf)
                 state["devices"][d.bdf] = {
+                    **self._record_fields(d),
                     # a device released by hand and assigned again keeps its first original
                     "driver": old["driver"] if old else d.driver,
                     "driver_override": old["driver_override"] if old else d.driver_override,
-                    "ids": d.ids, "iommu_group": d.iommu_group,
                     "status": "assigning", "since": self._now(), "uid": os.getuid(),
                 }
             if plan.devices:
@@ -810,8 +852,8 @@ class Assigner:
             for d in plan.devices:
                 rec = state["devices"][d.bdf]
                 rec["status"] = "assigned"
-                try:        # the group may be known only now (an IOMMU that attaches on probe)
-                    rec["iommu_group"] = self.host.device(d.bdf).iommu_group
+                try:        # the group may be known only now (an IOMMU that attaches on probe, no-IOMMU mode)
+                    rec["iommu_group"] = self._lookup(d.bdf).iommu_group
                 except DeviceNotFound:
                     pass    # gone since the bind: the record stays for release to report
             if plan.devices:
@@ -822,7 +864,7 @@ class Assigner:
                 whole_group: bool = False, split_group: bool = False) -> Plan:
         """Put devices back on their original drivers and forget them (``specs``
         None: every recorded device).  See :meth:`plan_release` for the group rule."""
-        with StateFile(self.state_path, self.wait, readonly=dry_run) as st:
+        with self.state_file(self.state_path, self.wait, readonly=dry_run) as st:
             state = st.load()
             plan = self.plan_release(specs, state, force, whole_group, split_group)
             if dry_run:
@@ -849,7 +891,7 @@ class Assigner:
     def status(self) -> dict:
         """The record as the state file has it (read-only: no lock, nothing created).
         It is what was meant, not necessarily what is: see :meth:`reconcile`."""
-        with StateFile(self.state_path, readonly=True) as st:
+        with self.state_file(self.state_path, readonly=True) as st:
             return st.load()
 
     def reconcile(self, state: dict | None = None) -> list[Reconciled]:
@@ -860,7 +902,7 @@ class Assigner:
         for bdf, rec in sorted(state["devices"].items()):
             orig = (rec.get("driver"), rec.get("driver_override"))
             try:
-                d = self.host.device(bdf)
+                d = self._lookup(bdf)
             except DeviceNotFound:
                 out.append(Reconciled(bdf, rec, None, None, Condition.MISSING,
                                       "gone from sysfs (removed?)", ("forget the record",)))
@@ -868,11 +910,12 @@ class Assigner:
             now = (d.driver, d.driver_override)
             will = tuple(op.what for op in self._release_ops(bdf, rec, d)) or ("forget the record (nothing to change)",)
             status = rec.get("status")
+            vdrv = self._vfio_driver(d)
 
             def say(t):
                 return (t[0] or "no driver") + (f" (driver_override {t[1]})" if t[1] else "")
-            if now == (VFIO_PCI, VFIO_PCI) and status == "assigned":
-                cond, note = Condition.ASSIGNED, f"on vfio-pci; original driver {orig[0] or 'none'}"
+            if now == (vdrv, vdrv) and status == "assigned":
+                cond, note = Condition.ASSIGNED, f"on {vdrv}; original driver {orig[0] or 'none'}"
             elif now == orig:
                 cond = Condition.RESTORED
                 note = (f"already back on {say(orig)}, as before it was assigned "
@@ -886,26 +929,31 @@ class Assigner:
         return out
 
 
-def interrupted(host: Host, state_path: str | None = None) -> list[Reconciled]:
+def interrupted(host: Host, state_path: str | None = None, platform: bool = False) -> list[Reconciled]:
     """Recorded devices that are not cleanly assigned: an interrupted (killed,
     failed) run left them there, or they are already back and only the record
     remains.  Each says the recorded original driver, the current one and what
-    ``vfio-assign release`` will do.  Read-only: takes no lock, creates
-    nothing; [] when nothing is recorded.  Raises :class:`StateCorrupt`."""
-    return [r for r in Assigner(host, state_path).reconcile() if r.condition is not Condition.ASSIGNED]
+    ``vfio-assign release`` will do.  ``platform``: the records of device-tree
+    devices (:data:`PLATFORM_STATE` unless ``state_path``) instead of PCI ones.
+    Read-only: takes no lock, creates nothing; [] when nothing is recorded.
+    Raises :class:`StateCorrupt`."""
+    kind = PlatformAssigner if platform else Assigner
+    return [r for r in kind(host, state_path).reconcile() if r.condition is not Condition.ASSIGNED]
 
 
-def interrupted_report(host: Host, state_path: str | None = None) -> dict:
+def interrupted_report(host: Host, state_path: str | None = None, platform: bool = False) -> dict:
     """:func:`interrupted` as plain data for ``vfio-inspect`` (text and JSON):
     ``{"state_file", "devices": [...], "error"}``; a state file that cannot be
-    read is reported in ``error``, not raised (inspecting must go on)."""
-    path = state_path or host.sysfs.path(DEFAULT_STATE)
+    read is reported in ``error``, not raised (inspecting must go on).
+    ``platform``: the device-tree devices' state file; each entry's ``device``
+    is the device's name (a PCI entry's is its BDF, also in ``bdf``)."""
+    path = state_path or host.sysfs.path(PLATFORM_STATE if platform else DEFAULT_STATE)
     try:
-        rows = interrupted(host, path)
+        rows = interrupted(host, path, platform=platform)
     except HostError as e:
         return {"state_file": path, "devices": [], "error": str(e)}
     return {"state_file": path, "error": None, "devices": [
-        {"bdf": r.bdf, "original_driver": r.record.get("driver"),
+        {"device": r.bdf, "bdf": None if platform else r.bdf, "original_driver": r.record.get("driver"),
          "original_driver_override": r.record.get("driver_override"),
          "driver": r.driver, "driver_override": r.driver_override, "record_status": r.record.get("status"),
          "condition": r.condition.value, "note": r.note, "release_will": list(r.release_will)}
@@ -920,5 +968,262 @@ def render_interrupted(rep: dict | None, out) -> None:
     if rep["error"]:
         print(f"  {rep['error']}", file=out)
     for d in rep["devices"]:
-        print(f"  {d['bdf']} assignment {d['condition'].upper()}: {d['note']}", file=out)
-        print(f"    `vfio-assign release {d['bdf']}` will: {'; '.join(d['release_will'])}", file=out)
+        print(f"  {d['device']} assignment {d['condition'].upper()}: {d['note']}", file=out)
+        print(f"    `vfio-assign release {d['device']}` will: {'; '.join(d['release_will'])}", file=out)
+
+
+# ---------------------------------------------------------------------------------------
+# Device-tree (platform and AMBA) devices
+# ---------------------------------------------------------------------------------------
+
+from . import ASSIGN_PLATFORM_STATE_FILE as PLATFORM_STATE  # noqa: E402  (its home is vfio.host)
+_PLATFORM_NAME = re.compile(r"^[A-Za-z0-9_.:@,+-]{1,128}$")
+_NOIOMMU_PARAM = "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
+_RESET_PARAM = "sys/module/vfio_platform/parameters/reset_required"
+
+
+def _check_platform_record(name: str, rec) -> str:
+    """Why a platform device entry is malformed ('' when it is fine)."""
+    if not isinstance(name, str) or not _PLATFORM_NAME.match(name) or name in (".", ".."):
+        return f"device key {name!r} is not a platform device name"
+    if not isinstance(rec, dict):
+        return f"the entry of {name} is a {type(rec).__name__}, not an object"
+    if rec.get("bus") not in ("platform", "amba"):
+        return f"the entry of {name} has bus {rec.get('bus')!r}, not platform or amba"
+    for key in ("driver", "driver_override"):
+        if key not in rec:
+            return f"the entry of {name} has no {key!r}"
+        v = rec[key]
+        if v is not None and not (isinstance(v, str) and _DRIVER_NAME.match(v)):
+            return f"the entry of {name} has {key} {v!r}, not a driver name or null"
+    if rec.get("status") not in STATUSES:
+        return f"the entry of {name} has status {rec.get('status')!r}, not one of {', '.join(STATUSES)}"
+    for key in ("dt_path", "iommu_group", "since"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            return f"the entry of {name} has {key} {rec[key]!r}, not a string"
+    return ""
+
+
+class PlatformStateFile(StateFile):
+    """The state file of platform/AMBA assignments: same locking, atomicity and
+    corruption rules as :class:`StateFile`, entries keyed by device name."""
+
+    @staticmethod
+    def _check(key: str, rec) -> str:
+        return _check_platform_record(key, rec)
+
+
+class PlatformAssigner(Assigner):
+    """Hands device-tree devices to vfio-platform (platform bus) or vfio-amba (AMBA
+    bus) and gives them back, with the PCI rules: the same three writes
+    (``drivers/ORIG/unbind``, ``driver_override``, ``drivers_probe`` on the
+    device's own bus), a state file written before the first write
+    (:data:`PLATFORM_STATE`), rollback of every started step on failure, and dry
+    runs (:meth:`Plan.actions`).
+
+    Refused unless ``force``: a device some bound device depends on (a
+    ``consumer:`` device link, e.g. gpio-keys on a GPIO controller).  Refused
+    always: a device with no IOMMU group on a kernel not in no-IOMMU mode (the
+    bind would fail; vfio-assign does not switch the unsafe mode on).  A device
+    whose group only appears on binding (no-IOMMU mode makes ``noiommu-N`` then)
+    is bound like any other.
+    """
+
+    state_file = PlatformStateFile
+
+    def __init__(self, host: Host, state_path: str | None = None, wait: bool = True):
+        super().__init__(host, state_path or host.sysfs.path(PLATFORM_STATE), wait)
+
+    def _lookup(self, key: str):
+        return self._node(key)
+
+    def _vfio_driver(self, dev) -> str:
+        return dev.bus.vfio_driver
+
+    def _record_fields(self, dev) -> dict:
+        return {"bus": dev.bus.value, "dt_path": dev.dt_path, "iommu_group": dev.iommu_group}
+
+    # ---- the device's bus ------------------------------------------------------------
+    def _node(self, name: str):
+        from ..platform import find_platform_device
+        from ..errors import VfioError
+        try:
+            return find_platform_device(name, self.host.sysfs)
+        except VfioError as e:
+            raise DeviceNotFound(str(e)) from None
+        except ValueError as e:
+            raise HostError(str(e)) from None
+
+    def _driver(self, name: str) -> str | None:
+        return self._node(name).driver
+
+    def _ensure_unbound(self, name: str) -> None:
+        n = self._node(name)
+        if n.driver is not None:
+            self.host.sysfs.write(f"{n.bus.drivers}/{n.driver}/unbind", name)
+
+    def _ensure_bound(self, name: str, drv: str) -> None:
+        n = self._node(name)
+        if n.driver == drv:
+            return
+        if n.driver is not None:
+            self.host.sysfs.write(f"{n.bus.drivers}/{n.driver}/unbind", name)
+        self.host.sysfs.write(f"{n.bus.drivers}/{drv}/bind", name)
+
+    def _ensure_override(self, name: str, value: str | None) -> None:
+        n = self._node(name)
+        if n.driver_override != value:
+            self.host.sysfs.write(f"{n.rel}/driver_override", value or "\n")
+
+    def _override_op(self, dev, value: str | None, previous: str | None) -> Op:
+        return Op(f"set driver_override of {dev.name} to {value or '(none)'}",
+                  [self._w(f"{dev.rel}/driver_override", value or "\n")], None,
+                  lambda: self._ensure_override(dev.name, previous))
+
+    def _check_on(self, name: str, drv: str) -> None:
+        n = self._node(name)
+        if n.driver != drv:
+            hint = ""
+            if n.bus.vfio_driver == "vfio-platform" and drv == "vfio-platform" and \
+                    self.host.sysfs.read_optional(_RESET_PARAM) == "Y":
+                hint = ("; vfio-platform refuses a device it has no reset handler for while "
+                        "vfio_platform.reset_required=1 (boot with vfio_platform.reset_required=0)")
+            elif n.iommu_group is None:
+                hint = "; it has no IOMMU group (no IOMMU covers it, and the kernel is not in no-IOMMU mode)"
+            raise HostError(f"{name} did not bind to {drv} after drivers_probe (driver now: "
+                            f"{n.driver or 'none'}){hint}")
+
+    def _consumers(self, n) -> list[str]:
+        """Bound devices that depend on ``n`` (its ``consumer:BUS:NAME`` device links)."""
+        out = []
+        for entry in self.host.sysfs.listdir(n.rel):
+            if not entry.startswith("consumer:"):
+                continue
+            link = f"{n.rel}/{entry}/consumer"
+            drv = self.host.sysfs.link_name(f"{link}/driver") if self.host.sysfs.exists(link) else None
+            if drv is not None:
+                out.append(f"{entry[len('consumer:'):]} (on {drv})")
+        return out
+
+    # ---- plans ------------------------------------------------------------------------
+    def plan_assign(self, specs, whole_group: bool = False, force: bool = False,
+                    owner: tuple | None = None) -> Plan:
+        """The steps that put the named platform/AMBA devices on vfio-platform/vfio-amba;
+        raises :class:`AssignmentRefused` when the request is unsafe,
+        :class:`~vfio.host.sysfs.DeviceNotFound` for an unknown name.  Changes nothing."""
+        nodes = {}
+        for spec in specs:
+            n = self._node(spec)
+            nodes[n.name] = n
+        if not nodes:
+            raise AssignmentRefused("no device named")
+        noiommu = self.host.sysfs.read_optional(_NOIOMMU_PARAM) == "Y"
+        problems, busy = [], []
+        for n in nodes.values():
+            if n.iommu_group is None and not noiommu and n.driver != n.bus.vfio_driver:
+                problems.append(f"{n.name} has no IOMMU group (no IOMMU covers it: a device-tree device "
+                                "needs an 'iommus' property), and VFIO would need no-IOMMU mode "
+                                "(vfio.enable_unsafe_noiommu_mode=1: unsafe, not set by vfio-assign)")
+            if n.driver != n.bus.vfio_driver:
+                busy += [f"{n.name}: {c} depends on it" for c in self._consumers(n)]
+        problems += self._group_companions(nodes)
+        if problems:
+            raise AssignmentRefused("refused:\n  " + "\n  ".join(problems))
+        if busy and not force:
+            raise AssignmentRefused("refused, devices in use (use --force to take them anyway):\n  "
+                                    + "\n  ".join(busy))
+        plan = Plan("assign")
+        loaded = set()
+        for name in sorted(nodes):
+            n = nodes[name]
+            vdrv = n.bus.vfio_driver
+            if n.driver == vdrv:
+                plan.skipped.append((name, f"already on {vdrv}"))
+                continue
+            if vdrv not in loaded and not self.host.sysfs.exists(f"{n.bus.drivers}/{vdrv}"):
+                plan.ops.append(Op(f"load {vdrv}", [Action("modprobe", "", vdrv.replace("-", "_"))],
+                                   lambda b=n.bus, v=vdrv: self._check_loaded(b, v)))
+            loaded.add(vdrv)
+            plan.devices.append(n)
+            if n.driver is not None:
+                orig = n.driver
+                plan.ops.append(Op(f"unbind {name} from {orig}", [self._w(f"{n.bus.drivers}/{orig}/unbind", name)],
+                                   None, lambda b=name, o=orig: self._ensure_bound(b, o)))
+            plan.ops.append(self._override_op(n, vdrv, n.driver_override))
+            plan.ops.append(Op(f"probe {name} (binds {vdrv})", [self._w(f"sys/bus/{n.bus.value}/drivers_probe", name)],
+                               lambda b=name, v=vdrv: self._check_on(b, v), lambda b=name: self._ensure_unbound(b)))
+            if owner is not None:
+                plan.ops.append(Op(f"chown the group node of {name}",
+                                   [Action("chown", f"dev/vfio/N (the group {name} has once bound)",
+                                           f"{owner[0]}:{owner[1]}")],
+                                   later=lambda b=name, o=f"{owner[0]}:{owner[1]}": self._group_chown(b, o)))
+        return plan
+
+    def _group_companions(self, nodes: dict) -> list[str]:
+        """The PCI rule for a group an IOMMU made (a device-tree node with ``iommus``):
+        every other member must be on a VFIO driver, a DMA-safe one or none, or be named
+        too (the kernel refuses the group otherwise; see :mod:`vfio.host.viability`)."""
+        from .viability import member_status, other_member_status
+        out, seen = [], set()
+        for n in nodes.values():
+            if n.iommu_group is None or n.iommu_group in seen:
+                continue
+            seen.add(n.iommu_group)
+            group = self.host.group(n.iommu_group)
+            members = [member_status(d) for d in group.devices] + \
+                      [other_member_status(self.host, group.number, o) for o in group.others]
+            stray = [m for m in members if not m.ok and m.bdf not in nodes]
+            if stray:
+                out.append(f"IOMMU group {group.number} of {n.name} also holds "
+                           + "; ".join(m.reason for m in stray)
+                           + ": give them to VFIO too (name them, or bind them first), or unbind them")
+        return out
+
+    def _check_loaded(self, bus, drv: str) -> None:
+        if not self.host.sysfs.exists(f"{bus.drivers}/{drv}"):
+            raise HostError(f"modprobe {drv} succeeded but /{bus.drivers}/{drv} did not appear")
+
+    def _group_chown(self, name: str, owner: str) -> list:
+        g = self._node(name).iommu_group
+        if g is None:
+            return []
+        for node in (g, f"noiommu-{g}"):
+            if self.host.sysfs.exists(f"dev/vfio/{node}"):
+                return [Action("chown", f"dev/vfio/{node}", owner)]
+        return []
+
+    def _release_ops(self, name: str, rec: dict, n) -> list[Op]:
+        ops = []
+        orig, orig_override = rec.get("driver"), rec.get("driver_override")
+        if n.driver is not None and n.driver != orig:
+            cur = n.driver
+            ops.append(Op(f"unbind {name} from {cur}", [self._w(f"{n.bus.drivers}/{cur}/unbind", name)],
+                          None, lambda b=name, c=cur: self._ensure_bound(b, c)))
+        if n.driver_override != orig_override:
+            ops.append(self._override_op(n, orig_override, n.driver_override))
+        if orig is not None and n.driver != orig:
+            ops.append(Op(f"probe {name} (for {orig})", [self._w(f"sys/bus/{n.bus.value}/drivers_probe", name)],
+                          lambda b=name, o=orig: self._check_on(b, o), lambda b=name: self._ensure_unbound(b)))
+        return ops
+
+    def plan_release(self, specs, state: dict, force: bool = False, whole_group: bool = False,
+                     split_group: bool = False) -> Plan:
+        """Steps that put recorded devices (``specs`` None: all) back on their original
+        drivers and overrides.  A named device without a record is refused; one gone
+        from sysfs is only forgotten (``skipped``)."""
+        recorded = state["devices"]
+        names = sorted(recorded) if specs is None else list(specs)
+        plan = Plan("release")
+        for name in sorted(set(names)):
+            if name not in recorded:
+                raise AssignmentRefused(f"{name} was not assigned by vfio-assign (no record in {self.state_path})")
+            try:
+                n = self._node(name)
+            except DeviceNotFound:
+                plan.skipped.append((name, "gone from sysfs: only its record is dropped"))
+                continue
+            plan.devices.append(n)
+            plan.ops += self._release_ops(name, recorded[name], n)
+        return plan
+
+    # carrying out, status and reconciliation: :class:`Assigner`'s, through the hooks above

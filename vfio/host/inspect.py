@@ -4,6 +4,7 @@
     vfio-inspect 0000:00:04.0         # + config space decoded; + VFIO regions/IRQs if on vfio-pci
     vfio-inspect 1b36:0010            # every device with these IDs
     vfio-inspect nvme.vfiorec         # a record file: the device as it was captured
+    vfio-inspect UUID                 # a mediated device (mdev): type, parent, group, VFIO regions/IRQs
     vfio-inspect --json [...]         # the same as JSON (docs/vfio-inspect-json.md)
     vfio-inspect --watch [--json]     # stream PCI add/remove/bind/unbind events
     vfio-inspect --root DIR           # a captured tree (tools/capture-sysfs) instead of /
@@ -31,7 +32,7 @@ import errno
 import os
 import sys
 
-from . import ASSIGN_STATE_FILE
+from . import ASSIGN_PLATFORM_STATE_FILE, ASSIGN_STATE_FILE
 from .._cli import entry_point
 
 from .inuse import interfaces_of, usage_of
@@ -144,14 +145,14 @@ def device_summary(host: Host, dev: PciDevice, names: Names, viab: dict) -> dict
     }
 
 
-def _interrupted_report(host: Host) -> dict:
+def _interrupted_report(host: Host, platform: bool = False) -> dict:
     """Devices an interrupted vfio-assign run left half-way (its state file, read only).
 
     With no state file (the usual case: nothing was ever assigned, or every
     assignment ended cleanly) the answer is the one
     :func:`vfio.host.assign.interrupted_report` gives for a missing file, and
     that module -- the largest the listing would import -- is not loaded."""
-    path = host.sysfs.path(ASSIGN_STATE_FILE)
+    path = host.sysfs.path(ASSIGN_PLATFORM_STATE_FILE if platform else ASSIGN_STATE_FILE)
     try:
         os.stat(path)
     except FileNotFoundError:               # what StateFile.load takes for "nothing recorded"
@@ -159,7 +160,7 @@ def _interrupted_report(host: Host) -> dict:
     except OSError:
         pass                                # unreadable: the state code words the error
     from .assign import interrupted_report
-    return interrupted_report(host, path)
+    return interrupted_report(host, path, platform=platform)
 
 
 def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True) -> dict:
@@ -172,14 +173,45 @@ def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True)
         "iommu": host.has_iommu,        # the kernel's IOMMU registrations, not VFIO's no-IOMMU groups
         "interfaces": interfaces_report(host),
         "names": {"available": names.available, "note": names.why},
-        "groups": [{"group": g.number, "type": g.type, "devices": g.bdfs,
+        "groups": [{"group": g.number, "type": g.type, "devices": g.bdfs, "other_devices": list(g.others),
                     "viable": viab[g.number].viable, "viability_source": viab[g.number].source,
                     "why_not_viable": viab[g.number].why_not(), "note": viab[g.number].note}
                    for g in groups],
         "devices": [device_summary(host, d, names, viab) for d in host.devices()],
         # (vfio-assign) devices an interrupted assignment or release left half-way
         "interrupted_assignments": _interrupted_report(host),
+        # the same for the device-tree devices vfio-assign bound (their own state file)
+        "interrupted_platform_assignments": _interrupted_report(host, platform=True),
+        # mediated devices: their parents (types, instances left) and the live mdevs
+        **mdev_report(host),
+        # device-tree devices (platform and AMBA buses): none on an ACPI/x86 host
+        "platform_devices": [platform_summary(host, n) for n in host.platform_devices()],
     }
+
+
+def mdev_report(host: Host) -> dict:
+    """``mdev_parents`` (each with its types) and ``mdevs`` (see :mod:`vfio.host.mdev`)."""
+    from .mdev import MdevHost
+    m = MdevHost(sysfs=host.sysfs)
+    return {"mdev_parents": [{"name": p.name, "types": [t.to_dict() for t in p.types]} for p in m.parents()],
+            "mdevs": [d.to_dict() for d in m.devices()]}
+
+
+def mdev_device_report(host: Host, uuid: str, ask_kernel: bool = True) -> dict:
+    """One mdev: its summary, and (live host) its VFIO regions and IRQs, opened by UUID."""
+    from .mdev import MdevHost
+    d = MdevHost(sysfs=host.sysfs).device(uuid)
+    out = {"schema": SCHEMA, "kind": "mdev", **d.to_dict(), "vfio": None, "vfio_error": None}
+    if host.root != "/":
+        out["vfio_error"] = CAPTURED_TREE
+    elif ask_kernel:
+        import vfio
+        try:
+            with vfio.open_mdev_device(d.uuid) as vdev:
+                out["vfio"] = vfio_report(vdev)
+        except OSError as e:
+            out["vfio_error"] = str(e)
+    return out
 
 
 def bar_sizes(host: Host, bdf: str) -> dict[int, int]:
@@ -213,7 +245,9 @@ def vfio_report(dev) -> dict:
     iflags = {uapi.VFIO_IRQ_INFO_EVENTFD: "eventfd", uapi.VFIO_IRQ_INFO_MASKABLE: "maskable",
               uapi.VFIO_IRQ_INFO_AUTOMASKED: "automasked", uapi.VFIO_IRQ_INFO_NORESIZE: "noresize"}
     dflags = {uapi.VFIO_DEVICE_FLAGS_RESET: "reset", uapi.VFIO_DEVICE_FLAGS_PCI: "pci",
-              uapi.VFIO_DEVICE_FLAGS_PLATFORM: "platform", uapi.VFIO_DEVICE_FLAGS_CAPS: "caps"}
+              uapi.VFIO_DEVICE_FLAGS_PLATFORM: "platform", uapi.VFIO_DEVICE_FLAGS_AMBA: "amba",
+              uapi.VFIO_DEVICE_FLAGS_CAPS: "caps"}
+    dt = getattr(dev, "dt", None)           # a platform device's device-tree origins
     info = dev.info
     regions = []
     for i in range(info.num_regions):
@@ -240,6 +274,8 @@ def vfio_report(dev) -> dict:
         regions.append({"index": i, "name": REGION_NAMES.get(i) if info.is_pci else None,
                         "flags": r.flags, "flag_names": _flag_names(r.flags, rflags),
                         "size": r.size, "offset": r.offset, "caps": caps})
+        if dt is not None and dt.region(i) is not None:
+            regions[-1]["dt_origin"] = _origin(dt.region(i))
     irqs = []
     for i in range(info.num_irqs):
         try:
@@ -255,9 +291,53 @@ def vfio_report(dev) -> dict:
             continue
         irqs.append({"index": i, "name": IRQ_NAMES.get(i) if info.is_pci else None, "count": q.count,
                      "flags": q.flags, "flag_names": _flag_names(q.flags, iflags)})
+        if dt is not None and dt.irq(i) is not None:
+            irqs[-1]["dt_origin"] = _origin(dt.irq(i))
     return {"interface": getattr(dev, "interface", None), "flags": info.flags,
             "flag_names": _flag_names(info.flags, dflags), "num_regions": info.num_regions,
             "num_irqs": info.num_irqs, "regions": regions, "irqs": irqs}
+
+
+def _origin(o) -> dict:
+    return {"path": o.path, "property": o.property_name, "index": o.index}
+
+
+def platform_summary(host: Host, node) -> dict:
+    """One device-tree device (a :class:`vfio.platform.PlatformNode`) of the host listing."""
+    from ..platform import region_phys
+    try:
+        phys = [a for a in region_phys(node, host.sysfs)]
+        phys_error = None
+    except (OSError, ValueError) as e:
+        phys, phys_error = [], str(e)
+    return {
+        "name": node.name, "bus": node.bus.value, "dt_path": node.dt_path,
+        "compatible": list(node.compatible), "driver": node.driver,
+        "driver_override": node.driver_override, "iommu_group": node.iommu_group,
+        "vfio_driver": node.bus.vfio_driver, "on_vfio": node.driver == node.bus.vfio_driver,
+        "reg": [{"index": i, "address": a} for i, a in enumerate(phys)], "reg_error": phys_error,
+    }
+
+
+def platform_report(host: Host, node, ask_kernel: bool = True) -> dict:
+    """A device-tree device: its summary and, when it is on vfio-platform/vfio-amba on
+    the live host, its VFIO regions and IRQs with their device-tree origins."""
+    rep = dict(platform_summary(host, node), schema=SCHEMA, kind="platform", vfio=None, vfio_error=None)
+    if not rep["on_vfio"] or not ask_kernel:
+        return rep
+    if host.root != "/":
+        rep["vfio_error"] = CAPTURED_TREE
+        return rep
+    import warnings
+    from ..platform import open_platform_device
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")         # no-IOMMU mode: said by the group's name
+            with open_platform_device(node.name) as dev:
+                rep["vfio"] = vfio_report(dev)
+    except OSError as e:
+        rep["vfio_error"] = str(e)
+    return rep
 
 
 def open_vfio(bdf: str):
@@ -320,6 +400,9 @@ def record_report(path: str, names: Names | None = None) -> dict:
         rep = {"schema": SCHEMA, "kind": "record", "file": path, "vfio": vfio_report(dev)}
         v = rep["vfio"]
         rec = dev.backend.record       # which indexes the file has no record for
+        if rec.cassette is not None:    # a recorded session (vfio.record.cassette)
+            from ..record.cassette import summary
+            rep["cassette"] = summary(rec)
         rep["absent"] = [f"region {r['index']}" + (f" ({r['name']})" if r.get("name") else "")
                          for r in v["regions"] if r["index"] not in rec.regions]
         rep["absent"] += [f"irq {q['index']}" + (f" ({q['name']})" if q.get("name") else "")
@@ -378,13 +461,15 @@ def render_interfaces(rep: dict, out) -> None:
 
 def render_host(rep: dict, out) -> None:
     render_interfaces(rep, out)
-    ia = rep.get("interrupted_assignments")
-    if ia and (ia["devices"] or ia["error"]):   # else render_interrupted prints nothing
-        from .assign import render_interrupted
-        render_interrupted(ia, out)
+    for key in ("interrupted_assignments", "interrupted_platform_assignments"):
+        ia = rep.get(key)
+        if ia and (ia["devices"] or ia["error"]):   # else render_interrupted prints nothing
+            from .assign import render_interrupted
+            render_interrupted(ia, out)
     if not rep["names"]["available"]:
         print(f"({rep['names']['note']})", file=out)
     devs = {d["bdf"]: d for d in rep["devices"]}
+    mdevs = {m["uuid"]: m for m in rep.get("mdevs") or []}
 
     def line(d):
         extra = [f"driver: {d['driver'] or 'none'}"]
@@ -405,11 +490,60 @@ def render_host(rep: dict, out) -> None:
         print(head, file=out)
         for b in g["devices"]:
             print(line(devs[b]), file=out)
+        for b in g.get("other_devices") or []:
+            print(f"  {mdev_line(mdevs[b]) if b in mdevs else b}", file=out)
     loose = [d for d in rep["devices"] if d["iommu_group"] is None]
     if loose:
         print("\nDevices without an IOMMU group:", file=out)
         for d in loose:
             print(line(d), file=out)
+    render_mdevs(rep, out)
+    plat = rep.get("platform_devices") or []
+    if plat:
+        print("\nDevice-tree devices (platform, amba):", file=out)
+        for p in plat:
+            regs = ", ".join(f"reg[{r['index']}] {r['address']:#x}" for r in p["reg"] if r["address"] is not None)
+            extra = [f"driver: {p['driver'] or 'none'}"]
+            if p["driver_override"]:
+                extra.append(f"override: {p['driver_override']}")
+            extra.append(f"IOMMU group: {p['iommu_group'] if p['iommu_group'] is not None else 'none'}")
+            compat = f" [{p['compatible'][0]}]" if p["compatible"] else ""
+            print(f"  {p['name']} ({p['bus']}) {p['dt_path']}{compat}" + (f" {regs}" if regs else "")
+                  + "  " + ", ".join(extra), file=out)
+
+
+def mdev_line(m: dict) -> str:
+    return (f"{m['uuid']} mdev {m['type']} of {m['parent']} ({m['device_api']}), driver: {m['driver'] or 'none'}"
+            + (f", cdev /dev/vfio/devices/{m['cdev']}" if m.get("cdev") else ""))
+
+
+def render_mdevs(rep: dict, out) -> None:
+    """Mediated device parents with their types, and the mdevs without an IOMMU group
+    (the others are listed in their groups)."""
+    parents = rep.get("mdev_parents") or []
+    if parents:
+        print("\nMediated device parents (mdev_supported_types):", file=out)
+        for p in parents:
+            print(f"  {p['name']}:", file=out)
+            for t in p["types"]:
+                name = f" \"{t['name']}\"" if t["name"] and t["name"] != t["type"] else ""
+                print(f"    {t['type']}{name} [{t['device_api']}]: {t['available_instances']} more available, "
+                      f"{len(t['devices'])} in use", file=out)
+    loose = [m for m in rep.get("mdevs") or [] if m["iommu_group"] is None]
+    if loose:
+        print("\nMediated devices without an IOMMU group:", file=out)
+        for m in loose:
+            print(f"  {mdev_line(m)}", file=out)
+
+
+def render_mdev(d: dict, out) -> None:
+    print(f"\n{mdev_line(d)}", file=out)
+    g = d["iommu_group"]
+    print(f"  IOMMU group: {g if g is not None else 'none'}" + (f" (/dev/vfio/{g})" if g is not None else ""), file=out)
+    if d["vfio"]:
+        render_vfio(d["vfio"], out)
+    elif d["vfio_error"]:
+        print(f"  VFIO: cannot open: {d['vfio_error']}", file=out)
 
 
 _REGISTER_SUFFIXES = ("ctl", "cap", "sta", "control", "status", "flags", "mask", "severity",
@@ -533,6 +667,11 @@ def render_config(c: dict, out) -> None:
         print(f"    INCOMPLETE{at}: {cut['message']}", file=out)
 
 
+def _origin_text(r: dict) -> str:
+    o = r.get("dt_origin")
+    return f" from {o['path']} {o['property']}[{o['index']}]" if o else ""
+
+
 def render_vfio(v: dict, out) -> None:
     print(f"  VFIO (opened through: {v['interface']}): flags {v['flags']:#x} "
           f"[{' '.join(v['flag_names'])}], {v['num_regions']} regions, {v['num_irqs']} IRQ indexes", file=out)
@@ -549,7 +688,7 @@ def render_vfio(v: dict, out) -> None:
             continue
         caps = "".join(f" {c['type']}" + (f"{c['areas']}" if "areas" in c else "") for c in r["caps"])
         print(f"    region {r['index']}{name}: size {r['size']:#x} at offset {r['offset']:#x} "
-              f"[{' '.join(r['flag_names'])}]{caps}", file=out)
+              f"[{' '.join(r['flag_names'])}]{caps}{_origin_text(r)}", file=out)
     for q in v["irqs"]:
         name = f" {q['name']}" if q.get("name") else ""
         if "absent" in q:
@@ -557,7 +696,8 @@ def render_vfio(v: dict, out) -> None:
         elif "error" in q:
             print(f"    irq {q['index']}{name}: {q['error']}", file=out)
         else:
-            print(f"    irq {q['index']}{name}: count {q['count']} [{' '.join(q['flag_names'])}]", file=out)
+            print(f"    irq {q['index']}{name}: count {q['count']} [{' '.join(q['flag_names'])}]{_origin_text(q)}",
+                  file=out)
 
 
 def render_device(d: dict, out) -> None:
@@ -578,6 +718,23 @@ def render_device(d: dict, out) -> None:
         print(f"  VFIO: cannot open: {d['vfio_error']}", file=out)
 
 
+def render_platform(p: dict, out) -> None:
+    print(f"\n{p['name']} ({p['bus']}) device-tree node {p['dt_path'] or 'none'}"
+          + (f" [{', '.join(p['compatible'])}]" if p["compatible"] else ""), file=out)
+    print(f"  driver: {p['driver'] or 'none'}" + (f" (override: {p['driver_override']})" if p["driver_override"] else "")
+          + f"; VFIO driver for it: {p['vfio_driver']}", file=out)
+    print(f"  IOMMU group: {p['iommu_group'] if p['iommu_group'] is not None else 'none'}", file=out)
+    for r in p["reg"]:
+        print(f"  reg[{r['index']}]: " + (f"{r['address']:#x}" if r["address"] is not None else "not translatable"),
+              file=out)
+    if p["reg_error"]:
+        print(f"  reg: {p['reg_error']}", file=out)
+    if p["vfio"]:
+        render_vfio(p["vfio"], out)
+    elif p["vfio_error"]:
+        print(f"  VFIO: cannot open: {p['vfio_error']}", file=out)
+
+
 def render_record(rep: dict, out) -> None:
     print(f"record file {rep['file']}", file=out)
     c = rep.get("config")
@@ -592,6 +749,9 @@ def render_record(rep: dict, out) -> None:
     if rep.get("absent"):
         print(f"  not in the file: {', '.join(rep['absent'])} (the kernel refused them at capture; "
               "replay answers EINVAL)", file=out)
+    if rep.get("cassette"):
+        from ..record.cassette import render_summary
+        render_summary(rep["cassette"], out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -654,6 +814,12 @@ def main(argv=None, out=None) -> int:
                 continue
             if "/" in t:
                 raise HostError(f"{t}: no such file")
+            if any(host.sysfs.is_dir(f"sys/bus/{b}/devices/{t}") for b in ("platform", "amba")):
+                reports.append(platform_report(host, host.platform_device(t), not args.no_kernel))
+                continue
+            if _looks_like_uuid(t):         # a mediated device
+                reports.append(mdev_device_report(host, t, not args.no_kernel))
+                continue
             for dev in host.find(t):
                 r = device_report(host, dev, names, not args.no_kernel)
                 r.update(schema=SCHEMA, kind="device")
@@ -674,8 +840,13 @@ def main(argv=None, out=None) -> int:
         out.write("\n")
     else:
         for r in reports:
-            {"host": render_host, "device": render_device, "record": render_record}[r["kind"]](r, out)
+            {"host": render_host, "device": render_device, "record": render_record,
+             "mdev": render_mdev, "platform": render_platform}[r["kind"]](r, out)
     return EXIT_PARTIAL if any(_incomplete(r) for r in reports) else EXIT_OK
+
+
+def _looks_like_uuid(t: str) -> bool:
+    return len(t) == 36 and t.count("-") == 4
 
 
 def _incomplete(r: dict) -> bool:

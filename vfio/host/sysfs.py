@@ -39,7 +39,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import InvalidValue, VfioError, wrap_oserror
-from ..address import normalize_bdf
+from ..address import PciAddress, normalize_bdf
 # the read side lives at the bottom of the package (the fd layer and capture use it too);
 # its names stay importable from here
 from ..sysfs import (IOMMU_CLASS, IOMMU_GROUPS, MAX_ENTRIES, PCI_DEVICES, PCI_DRIVERS,  # noqa: F401
@@ -215,6 +215,9 @@ class IommuGroup:
     number: str
     devices: tuple = field(default_factory=tuple)   # of PciDevice
     type: str | None = None                          # "DMA", "DMA-FQ", "identity", ...
+    #: members that are not PCI functions, by sysfs name: mediated devices (their UUID,
+    #: each alone in a group VFIO made for it), platform devices
+    others: tuple = ()
 
     @property
     def bdfs(self) -> list[str]:
@@ -323,20 +326,46 @@ class Host:
 
     def is_noiommu_group(self, number: str) -> bool:
         """A group VFIO made up in no-IOMMU mode (its ``name`` is ``vfio-noiommu``;
-        the node is ``/dev/vfio/noiommu-N``): no IOMMU stands behind it."""
-        return self.sysfs.read_optional(f"{IOMMU_GROUPS}/{number}/name") == NOIOMMU_GROUP_NAME
+        the node is ``/dev/vfio/noiommu-N``): no IOMMU stands behind it.
+
+        VFIO gives the same name to the group it makes for each mediated device
+        (an "emulated IOMMU" group, node ``/dev/vfio/N``: the parent driver does
+        the isolation); a group whose members are all mdevs is not a no-IOMMU one."""
+        if self.sysfs.read_optional(f"{IOMMU_GROUPS}/{number}/name") != NOIOMMU_GROUP_NAME:
+            return False
+        members = self.sysfs.listdir(f"{IOMMU_GROUPS}/{number}/devices")
+        return not (members and all(self.sysfs.exists(f"sys/bus/mdev/devices/{m}") for m in members))
 
     def group(self, number: str) -> IommuGroup:
         rel = f"{IOMMU_GROUPS}/{number}"
         if not self.sysfs.exists(rel):
             raise HostError(f"no IOMMU group {number} ({self.sysfs.shown(rel)} does not exist)")
-        devs = tuple(self.device(b) for b in self.sysfs.listdir(f"{rel}/devices"))
-        return IommuGroup(str(number), devs, self.sysfs.read_optional(f"{rel}/type"))
+        names = self.sysfs.listdir(f"{rel}/devices")
+        devs = tuple(self.device(b) for b in names if PciAddress.is_sysfs_name(b))
+        others = tuple(b for b in names if not PciAddress.is_sysfs_name(b))
+        return IommuGroup(str(number), devs, self.sysfs.read_optional(f"{rel}/type"), others)
 
     def groups(self) -> list[IommuGroup]:
         return [self.group(n) for n in self.group_numbers()]
 
     # ---- VFIO interfaces ------------------------------------------------------
+    # ---- device-tree devices (platform and AMBA buses) ---------------------------------
+    def platform_devices(self) -> list:
+        """Every platform and AMBA device with a device-tree node, as
+        :class:`vfio.platform.PlatformNode` (bus, DT path, driver, override, group)."""
+        from ..platform import platform_devices
+        return platform_devices(self.sysfs)
+
+    def platform_device(self, name: str):
+        """One platform or AMBA device by name; raises :class:`DeviceNotFound`."""
+        from ..platform import find_platform_device
+        try:
+            return find_platform_device(name, self.sysfs)
+        except VfioError as e:
+            raise DeviceNotFound(str(e)) from None
+        except ValueError as e:
+            raise HostError(str(e)) from None
+
     def interfaces(self) -> dict:
         """Which VFIO interfaces the host offers (see :func:`vfio.available_interfaces`),
         plus whether no-IOMMU mode is switched on in the vfio module."""

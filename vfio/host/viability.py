@@ -10,8 +10,18 @@ a group is viable when every device in it is
   variant drivers, ``pci-stub`` (binds and does nothing) and ``pcieport``
   (bridges: they do no DMA of their own).
 
-That list is :data:`DMA_SAFE_DRIVERS`, taken from the 6.12 sources.  It can
-only be a prediction: once the group is open, ``VFIO_GROUP_GET_STATUS``
+That list is :data:`DMA_SAFE_DRIVERS`, taken from the 6.12 sources.
+
+A group can hold devices that are not PCI functions, and the kernel counts
+them by the same rule, applied where the bus does it: the buses whose
+``dma_configure`` claims DMA ownership for a bound driver (platform, AMBA,
+fsl-mc, CDX, as PCI does: ``iommu_device_use_default_domain`` unless the
+driver sets ``driver_managed_dma``) make a member on any other driver a
+blocker, so a platform device is fine on ``vfio-platform`` or no driver and
+blocks on its own driver (:data:`DT_DMA_SAFE_DRIVERS`).  Other buses claim
+nothing: a mediated device (``mdev``) never blocks, whatever its driver
+(VFIO puts it alone in a group it makes for it).  It can only be a
+prediction: once the group is open, ``VFIO_GROUP_GET_STATUS``
 (:attr:`vfio.group.Group.viable`) is the kernel's own answer, and
 :func:`group_viability` uses it whenever it can open ``/dev/vfio/N``.
 """
@@ -22,7 +32,8 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-from .sysfs import Host, IommuGroup, PciDevice
+from ..errors import InvalidValue
+from .sysfs import IOMMU_GROUPS, Host, IommuGroup, PciDevice
 
 #: Drivers with ``.driver_managed_dma = true`` in Linux 6.12
 #: (``grep -rn driver_managed_dma drivers/``); variant drivers use KBUILD_MODNAME.
@@ -31,6 +42,14 @@ VFIO_PCI_DRIVERS = frozenset({
     "pds_vfio_pci", "qat_vfio_pci", "virtio_vfio_pci",
 })
 DMA_SAFE_DRIVERS = VFIO_PCI_DRIVERS | {"pci-stub", "pcieport"}
+#: The same for the non-PCI buses that claim DMA ownership (``dma_configure`` in
+#: drivers/base/platform.c, drivers/amba/bus.c, drivers/bus/fsl-mc, drivers/cdx):
+#: their drivers with ``driver_managed_dma`` in Linux 6.12.
+DT_DMA_SAFE_DRIVERS = frozenset({"vfio-platform", "vfio-amba", "vfio-fsl-mc", "vfio-cdx", "fsl-pci"})
+#: Buses whose bound drivers claim DMA ownership of the group (besides pci).
+DMA_OWNING_BUSES = frozenset({"platform", "amba", "fsl-mc", "cdx"})
+#: Where a member's bus is looked for when its ``subsystem`` link is missing (captured trees).
+_KNOWN_BUSES = ("platform", "amba", "mdev", "fsl-mc", "cdx")
 
 
 @dataclass(frozen=True)
@@ -74,9 +93,49 @@ def member_status(dev: PciDevice) -> MemberStatus:
                         f"{dev.bdf} is bound to {dev.driver} (a kernel driver that owns its DMA)")
 
 
-def predict(group: IommuGroup) -> Viability:
-    """Viability from the drivers sysfs shows (no system call beyond reading files)."""
+def _bus_of(host: Host, group: str, name: str) -> str | None:
+    rel = f"{IOMMU_GROUPS}/{group}/devices/{name}"
+    bus = host.sysfs.link_name(f"{rel}/subsystem")
+    if bus is not None:
+        return bus
+    return next((b for b in _KNOWN_BUSES if host.sysfs.exists(f"sys/bus/{b}/devices/{name}")), None)
+
+
+def other_member_status(host: Host, group: str, name: str) -> MemberStatus:
+    """A member that is not a PCI function (``IommuGroup.others``), judged by its
+    bus's rule (see the module text)."""
+    rel = f"{IOMMU_GROUPS}/{group}/devices/{name}"
+    driver = host.sysfs.link_name(f"{rel}/driver")
+    bus = _bus_of(host, group, name)
+    if bus is None:
+        # a member whose bus cannot be told: its driver may claim the group, as the kernel would say
+        ok = driver is None
+        return MemberStatus(name, driver, ok, f"{name} has no driver" if ok else
+                            f"{name} is bound to {driver} on a bus that cannot be told "
+                            f"(no {host.sysfs.shown(rel + '/subsystem')}): counted as owning its DMA")
+    if bus not in DMA_OWNING_BUSES:
+        return MemberStatus(name, driver, True, f"{name} is on the {bus} bus"
+                            + (f" ({driver})" if driver else "") + ", which claims no DMA ownership")
+    if driver is None:
+        return MemberStatus(name, None, True, f"{name} ({bus}) has no driver")
+    if driver in DT_DMA_SAFE_DRIVERS:
+        return MemberStatus(name, driver, True, f"{name} ({bus}) is on {driver}")
+    return MemberStatus(name, driver, False,
+                        f"{name} ({bus}) is bound to {driver} (a kernel driver that owns its DMA)")
+
+
+def predict(group: IommuGroup, host: Host | None = None) -> Viability:
+    """Viability from the drivers sysfs shows (no system call beyond reading files).
+
+    Members that are not PCI functions (``group.others``) are judged from
+    ``host``'s sysfs; raises :class:`~vfio.errors.InvalidValue` when the group
+    has such members and no ``host`` is given (the verdict would be a guess)."""
     members = tuple(member_status(d) for d in group.devices)
+    if group.others:
+        if host is None:
+            raise InvalidValue(f"IOMMU group {group.number} also holds {', '.join(group.others)} (not PCI "
+                               "functions): predict() needs the host to read their drivers")
+        members += tuple(other_member_status(host, group.number, n) for n in group.others)
     return Viability(group.number, all(m.ok for m in members), members)
 
 
@@ -88,7 +147,7 @@ def group_viability(host: Host, group: IommuGroup, ask_kernel: bool = True) -> V
     it) and needs permission.  When the kernel cannot be asked the prediction
     is returned with ``note`` saying why.
     """
-    pred = predict(group)
+    pred = predict(group, host)
     if not ask_kernel:
         return pred
     node = None

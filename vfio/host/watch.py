@@ -8,6 +8,10 @@ kernel's own broadcast, so :func:`events` listens with pyudev's
 ``source='kernel'`` monitor, which works everywhere (needs CAP_NET_ADMIN or
 root in most setups).
 
+Mediated devices (``mdev`` subsystem) are watched too: creating one through
+its parent's ``create`` sends ``add`` then ``bind`` (its parent driver), and
+``remove`` sends ``unbind`` then ``remove``; the device is named by its UUID.
+
 ``vfio-inspect --watch`` prints one line per event (or one JSON object per
 line with ``--json``, schema ``vfio-inspect/1``, ``kind`` ``event``).
 """
@@ -22,6 +26,9 @@ from dataclasses import asdict, dataclass
 from ..errors import Error
 
 SUBSYSTEM = "pci"
+#: What the watcher listens to: PCI functions, and mediated devices (``mdev``: created
+#: and removed through their parent's sysfs, named by UUID in ``bdf``).
+SUBSYSTEMS = (SUBSYSTEM, "mdev")
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class PciEvent:
     ids: str | None          # "vvvv:dddd" from PCI_ID
     seqnum: int | None
     time: float              # time.time() when received
+    subsystem: str = SUBSYSTEM  # "pci", or "mdev" (then ``bdf`` is the mdev's UUID)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -42,7 +50,8 @@ class PciEvent:
         t = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time * 1000) % 1000:03d}"
         extra = f" [{self.ids}]" if self.ids else ""
         drv = f" driver={self.driver}" if self.driver else ""
-        return f"{t} {self.action:<7} {self.bdf}{extra}{drv}"
+        sub = f" ({self.subsystem})" if self.subsystem != SUBSYSTEM else ""
+        return f"{t} {self.action:<7} {self.bdf}{sub}{extra}{drv}"
 
 
 def event_from_properties(props: dict, now: float | None = None) -> PciEvent:
@@ -53,7 +62,7 @@ def event_from_properties(props: dict, now: float | None = None) -> PciEvent:
     return PciEvent(action=props.get("ACTION", "?"), bdf=bdf, driver=props.get("DRIVER") or None,
                     ids=pci_id.lower() if pci_id else None,
                     seqnum=int(seq) if seq and seq.isdigit() else None,
-                    time=time.time() if now is None else now)
+                    time=time.time() if now is None else now, subsystem=props.get("SUBSYSTEM") or SUBSYSTEM)
 
 
 class WatchError(Error, RuntimeError):
@@ -70,7 +79,8 @@ class Watcher:
             raise WatchError(f"--watch needs pyudev (and libudev1): {e}") from None
         self._ctx = pyudev.Context()
         self._mon = pyudev.Monitor.from_netlink(self._ctx, source="kernel")
-        self._mon.filter_by(SUBSYSTEM)
+        for sub in SUBSYSTEMS:
+            self._mon.filter_by(sub)
         self._mon.start()
 
     def poll(self, timeout: float | None) -> PciEvent | None:
@@ -123,7 +133,7 @@ def watch_main(args, out=None) -> int:
         print(f"vfio-inspect --watch: {e}", file=sys.stderr)
         return 1
     if not args.json:
-        print("watching PCI uevents (add/remove/bind/unbind/change); Ctrl-C ends", file=out, flush=True)
+        print("watching PCI and mdev uevents (add/remove/bind/unbind/change); Ctrl-C ends", file=out, flush=True)
     try:
         for ev in events(args.count, args.timeout, w):
             print(json.dumps(ev.to_dict()) if args.json else str(ev), file=out, flush=True)

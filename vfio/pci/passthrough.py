@@ -49,8 +49,9 @@ Pieces and who owns what:
   emulated state.
 
 Not done here: MSI-X table relocation (QEMU's ``x-msix-relocation``), PCIe
-capability fix-ups for a different guest topology, VGA, migration of the
-device's internal state (VFIO_DEVICE_FEATURE_MIG_*).
+capability fix-ups for a different guest topology, VGA.  Migration:
+:meth:`~PassthroughDevice.save_migration` / :meth:`~PassthroughDevice.load_migration`
+carry the model's state and the device's own (:mod:`vfio.migration`) in one stream.
 """
 
 from __future__ import annotations
@@ -323,7 +324,9 @@ class PassthroughDevice:
 
     @classmethod
     def open(cls, bdf: str, **kw) -> "PassthroughDevice":
-        """Open ``bdf`` (bound to vfio-pci) with :func:`vfio.open_pci_device` and model it; owns the device."""
+        """Open ``bdf`` (bound to vfio-pci) with :func:`vfio.open_pci_device` and model it; owns the device.
+        ``bdf`` may be a cassette's path instead (replayed, :mod:`vfio.record.cassette`), and the
+        device is recorded while ``$VFIO_RECORD`` names a cassette, as ``open_pci_device`` does."""
         import vfio
         dev = vfio.open_pci_device(bdf, interface=kw.pop("interface", "auto"))
         try:
@@ -340,6 +343,10 @@ class PassthroughDevice:
         self._cfg_rd = {1: cfg.read8, 2: cfg.read16, 4: cfg.read32}
         self._cfg_wr = {1: cfg.write8, 2: cfg.write16, 4: cfg.write32}
         raw = cfg.read(0, cfg.size)
+        if len(raw) < R.CFG_SPACE_SIZE:
+            # a driver may declare less than the 256-byte page (the sample mtty: 0xff bytes); what it
+            # lacks reads as zero, as in the config buffer QEMU's vfio-pci fills from the region
+            raw += bytes(R.CFG_SPACE_SIZE - len(raw))
         sizes, rom_size = {}, 0
         for i in range(uapi.VFIO_PCI_ROM_REGION_INDEX + 1):
             try:
@@ -800,6 +807,40 @@ class PassthroughDevice:
         self._command = self.config.read(R.COMMAND, 2)
         if self._intx_wanted:
             self._switch(IrqMode.INTX)
+
+    # ------------------------------------------------------------------ migration (commands)
+    def save_migration(self, stream, **kw):
+        """Save the passed-through device in one call: the model's state (:meth:`get_state`:
+        virtual config space, MSI/MSI-X table, the guest's Command) and the device's own
+        migration data (:meth:`vfio.migration.Migration.save`: PRE_COPY rounds, then STOP_COPY)
+        into one migration stream (the model's state in its ATTACHMENTS record).  The device is
+        left in STOP.  ``kw`` goes to ``Migration.save``.  Raises what that raises
+        (:class:`~vfio.migration.MigrationUnsupported` for a device without a migration driver)."""
+        return self.device.migration.save(stream, attachments={STATE_FORMAT: self.get_state()}, **kw)
+
+    def load_migration(self, stream, **kw):
+        """Restore what :meth:`save_migration` wrote, in one call.  The model's state is checked
+        and loaded first (:meth:`set_state`'s refusals -- another device identity, capability set
+        or MSI-X table size: :class:`StateMismatchError`, model and device untouched), then the
+        device data (RESUMING -> STOP), then :meth:`resume` programs Command and interrupts and the
+        device goes RUNNING.  If the device data is refused, the model's previous state is put
+        back and the error (:mod:`vfio.migration`'s) names the device's migration state."""
+        from ..migration import MigState
+        old = self.get_state()
+
+        def verify(attachments):
+            if not attachments or STATE_FORMAT not in attachments:
+                raise StateMismatchError(f"{self.name}: the migration stream has no passthrough model state")
+            self.set_state(attachments[STATE_FORMAT])
+
+        try:
+            report = self.device.migration.load(stream, end_state=MigState.STOP, verify=verify, **kw)
+        except BaseException:
+            self.set_state(old)         # our own state: cannot be refused
+            raise
+        self.resume()
+        self.device.migration.set_state(MigState.RUNNING)
+        return report
 
     # ------------------------------------------------------------------ lifetime
     def _release(self) -> None:

@@ -10,6 +10,10 @@ Two sources:
   the config/ROM regions, and optionally the first bytes of each BAR.  Indexes
   the kernel refuses with EINVAL get no record, which is how replay knows to
   refuse them too.  This is what the kernel tells a VFIO user, byte for byte.
+  A device-tree device (vfio-platform, vfio-amba) also gets, under each region
+  and interrupt, the DTPATH of its node and the DTINDEX of the ``reg`` or
+  ``interrupts`` entry it comes from (:mod:`vfio.platform`), and each region the
+  physical address of that ``reg`` entry (PHYS).
 * :func:`capture_sysfs` -- a PCI device *not* bound to vfio-pci, from
   ``/sys/bus/pci/devices/BDF`` alone: config space (all of it as root, the
   first 64 bytes otherwise), the BAR and ROM resources with their physical
@@ -118,6 +122,7 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: SysfsTree | str = SYSFS_PC
             if e.errno != errno.EINVAL:
                 raise
     cs = ConfigSpace(cfg, allow_short=True, source=f"config space of {dev.name}") if len(cfg) >= 0x40 else None
+    dt, dt_phys = _dt_of(dev, tree)
     for index in range(info.num_regions):
         try:
             ri = dev.region_info(index)
@@ -140,6 +145,12 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: SysfsTree | str = SYSFS_PC
             flags |= F.REGION_ROM
         if is_cfg:
             kids.append(F.PciConfigSpace())
+        origin = dev.region_origin(index) if dt is None else dt.region(index)
+        if origin is not None:
+            kids += [F.DtPath(origin.path), F.DtIndex(int(origin.prop), origin.index)]
+            if index < len(dt_phys) and dt_phys[index] is not None and ri.size:
+                addr = dt_phys[index]
+                flags |= F.REGION_PHYS
         kids.append(F.RegionInfo(ri.flags, bytes(ri.raw[_REGION_INFO_SIZE:])))
         data = b""
         if is_cfg:
@@ -159,10 +170,33 @@ def capture_device(dev, *, bar_bytes: int = 0, sysfs: SysfsTree | str = SYSFS_PC
             if e.errno == errno.EINVAL:
                 continue
             raise
-        recs.append(F.Interrupt(index, ii.flags, ii.count))
+        origin = dev.irq_origin(index) if dt is None else dt.irq(index)
+        kids = [F.DtPath(origin.path), F.DtIndex(int(origin.prop), origin.index)] if origin is not None else []
+        recs.append(F.Interrupt(index, ii.flags, ii.count, kids))
     extra = f"; BAR contents: first {bar_bytes} bytes" if bar_bytes else "; BAR contents: not captured"
     recs.append(_note(f"through VFIO from {dev.name}", extra + (f"; {note}" if note else "")))
     return F.DeviceRecord(recs)
+
+
+def _dt_of(dev, tree: SysfsTree):
+    """A platform device's device-tree origins and region addresses: its own
+    (:attr:`vfio.device.Device.dt`, from the opener or a replayed capture), else
+    looked up in sysfs by its name when the kernel says it is a platform or AMBA
+    device.  Returns (origins or None to use the device's own, physical addresses)."""
+    info = dev.info
+    if not info.flags & (uapi.VFIO_DEVICE_FLAGS_PLATFORM | uapi.VFIO_DEVICE_FLAGS_AMBA):
+        return None, []
+    from .. import platform as P
+    try:
+        node = P.find_platform_device(dev.name, tree)
+    except (VfioError, ValueError):
+        return None, []         # not on this system (a replayed capture): the device's own origins
+    dt = dev.dt if dev.dt is not None else P.dt_origins(node, info.num_regions, info.num_irqs)
+    try:
+        phys = P.region_phys(node, tree)
+    except (VfioError, ValueError):
+        phys = []               # a reg property this reader cannot decode: no PHYS flag
+    return dt, phys
 
 
 _MSIX_MAPPABLE_CAP = struct.pack("<HHI", uapi.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, 0)

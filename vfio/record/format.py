@@ -42,7 +42,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Union
+from typing import NamedTuple, Union
 
 import cstruct
 
@@ -53,7 +53,10 @@ from ..errors import Error
 # ---------------------------------------------------------------------------
 MAGIC = b"VFIOREC\x00"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1
+#: The minor version that introduced the cassette record types (0x8005 to 0x800E);
+#: files without them are written as 1.0, as before.
+CASSETTE_MINOR = 1
 ALIGN = 8
 #: Largest file :func:`parse`/:func:`load` accept unless told otherwise.
 DEFAULT_MAX_FILE_SIZE = 256 << 20
@@ -78,6 +81,31 @@ DEVICE_INFO = 0x8001
 REGION_INFO = 0x8002
 REGION_DATA = 0x8003
 NOTE = 0x8004
+# ... and a device session (a "cassette", version 1.1): what a program did with
+# the device and what the device did, in order (FORMAT.md, "Cassettes")
+CASSETTE = 0x8005
+ACCESSES = 0x8006
+ACCESS_DATA = 0x8007
+IRQ_SET = 0x8008
+IRQ_EVENT = 0x8009
+RESET_EVENT = 0x800A
+DMA_MAP = 0x800B
+DMA_UNMAP = 0x800C
+DMA_WRITE = 0x800D
+MARKER = 0x800E
+
+# ACCESSES entries: op
+ACCESS_READ = 0
+ACCESS_WRITE = 1
+ACCESS_WIDTHS = (1, 2, 4, 8)
+# ACCESS_DATA flags
+ACCESS_DATA_WRITE = 1 << 0
+# DMA_MAP flags: what the device may do with the mapping
+DMA_READ = 1 << 0
+DMA_WRITE_OK = 1 << 1
+# RESET_EVENT kind
+RESET_DEVICE = 0
+RESET_HOT = 1
 
 # REGION flags (bits 0-2 are VFIO_REGION_INFO_FLAG_READ/WRITE/MMAP)
 REGION_READ = 1 << 0
@@ -206,8 +234,59 @@ class _L_RegionData(_Layout):        # type 0x8003, followed by the data
     __def__ = "struct { " + _HDR + " uint32_t reserved; uint64_t offset; }"
 
 
+class _L_Accesses(_Layout):          # type 0x8006, followed by 24-byte entries
+    __def__ = "struct { " + _HDR + " uint32_t reserved; }"
+
+
+class _L_AccessEntry(_Layout):       # one entry of ACCESSES (no record header)
+    __def__ = """struct {
+        uint8_t  op;
+        uint8_t  width;
+        uint16_t reserved;
+        uint32_t index;
+        uint64_t offset;
+        uint64_t value;
+    }"""
+
+
+class _L_AccessData(_Layout):        # type 0x8007, followed by the data
+    __def__ = "struct { " + _HDR + " uint32_t index; uint64_t offset; }"
+
+
+class _L_IrqSet(_Layout):            # type 0x8008, followed by the SET_IRQS data
+    __def__ = "struct { " + _HDR + """
+        uint32_t index;
+        uint64_t at;
+        uint32_t start;
+        uint32_t count;
+        uint32_t irq_flags;
+        uint32_t reserved;
+    }"""
+
+
+class _L_IrqEvent(_Layout):          # type 0x8009
+    __def__ = "struct { " + _HDR + " uint32_t index; uint64_t at; uint32_t vector; uint32_t reserved; }"
+
+
+class _L_ResetEvent(_Layout):        # type 0x800A
+    __def__ = "struct { " + _HDR + " uint32_t kind; uint64_t at; }"
+
+
+class _L_DmaMap(_Layout):            # types 0x800B and 0x800C
+    __def__ = "struct { " + _HDR + " uint32_t reserved; uint64_t at; uint64_t iova; uint64_t len; }"
+
+
+class _L_DmaWrite(_Layout):          # type 0x800D, followed by the bytes
+    __def__ = "struct { " + _HDR + " uint32_t reserved; uint64_t at; uint64_t iova; }"
+
+
+class _L_Marker(_Layout):            # type 0x800E, followed by the text
+    __def__ = "struct { " + _HDR + " uint32_t reserved; uint64_t at; }"
+
+
 LAYOUTS = (_L_FileHeader, _L_RecordHeader, _L_Region, _L_DtIndex, _L_Interrupt, _L_PciBarInfo,
-           _L_PciInfo, _L_DeviceInfo, _L_RegionInfo, _L_RegionData)
+           _L_PciInfo, _L_DeviceInfo, _L_RegionInfo, _L_RegionData, _L_Accesses, _L_AccessEntry,
+           _L_AccessData, _L_IrqSet, _L_IrqEvent, _L_ResetEvent, _L_DmaMap, _L_DmaWrite, _L_Marker)
 
 
 def _compile(layout) -> struct.Struct:
@@ -238,8 +317,42 @@ _S_DEVINFO = STRUCTS[_L_DeviceInfo]
 _S_REGINFO = STRUCTS[_L_RegionInfo]
 _S_DATA = STRUCTS[_L_RegionData]
 
+_S_ACCESSES = STRUCTS[_L_Accesses]
+_S_ENTRY = STRUCTS[_L_AccessEntry]
+ACCESS_ENTRY_LEN = _S_ENTRY.size        # 24
+_S_ACCDATA = STRUCTS[_L_AccessData]
+_S_IRQSET = STRUCTS[_L_IrqSet]
+_S_IRQEV = STRUCTS[_L_IrqEvent]
+_S_RESET = STRUCTS[_L_ResetEvent]
+_S_DMAMAP = STRUCTS[_L_DmaMap]
+_S_DMAWR = STRUCTS[_L_DmaWrite]
+_S_MARKER = STRUCTS[_L_Marker]
+
 _S_DATA_UNPACK = _S_DATA.unpack_from
 _DATA_SIZE = _S_DATA.size
+
+
+def _body(layout):
+    """``unpack_from(buf, pos + 12)`` of a layout's fields after the record
+    header: the hot decoders take only what they keep (same formats, compiled
+    from the same declaration)."""
+    return struct.Struct("<" + STRUCTS[layout].format.lstrip("<")[3:]).unpack_from
+
+
+_U_REGION = _body(_L_Region)            # index, offset, len, addr
+_REGION_SIZE, _INTERRUPT_SIZE, _REGINFO_SIZE = _S_REGION.size, _S_INTERRUPT.size, _S_REGINFO.size
+_U_BAR = _body(_L_PciBarInfo)           # bar_type, bar_index
+_U_REGINFO = _body(_L_RegionInfo)       # (vfio_flags,)
+_U_DATA = _body(_L_RegionData)          # reserved, offset
+_U_INTERRUPT = _body(_L_Interrupt)      # index, count, reserved
+_U_DTINDEX = _body(_L_DtIndex)          # prop_type, prop_index
+#: The hot decoders build their (slots) model objects with ``_new(cls)`` and
+#: set every field, instead of calling the dataclass ``__init__`` from C
+#: (half the cost of a record); ``test_codec_table`` compares each decoded
+#: sample with the one built through ``__init__``.
+_new = object.__new__
+#: ``_PAD[k]``: the k zero bytes of padding a record may be followed by
+_PAD = tuple(bytes(k) for k in range(ALIGN))
 
 FILE_HEADER_LEN = _S_FILE.size          # 32
 RECORD_HEADER_LEN = _S_HDR.size         # 12
@@ -426,12 +539,132 @@ class Note:
     type = NOTE
 
 
+# ---- cassettes (1.1): a device session, in order --------------------------------------
+class Access(NamedTuple):
+    """One register access of a cassette (an entry of ACCESSES): ``op`` ACCESS_READ
+    or ACCESS_WRITE, ``width`` 1/2/4/8 bytes, region ``index``, ``offset`` in the
+    region, ``value`` read or written."""
+    op: int
+    width: int
+    index: int
+    offset: int
+    value: int
+
+    @property
+    def write(self) -> bool:
+        return self.op == ACCESS_WRITE
+
+
+@dataclass(slots=True)
+class Cassette:
+    """Marks the file as a cassette (0x8005): what was recorded (a command line)."""
+    text: str
+    flags: int = 0
+    type = CASSETTE
+
+
+@dataclass(slots=True)
+class Accesses:
+    """A run of 1/2/4/8-byte register accesses (0x8006), in program order."""
+    entries: list
+    flags: int = 0
+    type = ACCESSES
+
+
+@dataclass(slots=True)
+class AccessData:
+    """One access of another length (0x8007): a bulk read or write of ``data``
+    at ``offset`` of region ``index``; flag ACCESS_DATA_WRITE for a write."""
+    index: int
+    offset: int
+    data: bytes
+    flags: int = 0
+    type = ACCESS_DATA
+
+    @property
+    def write(self) -> bool:
+        return bool(self.flags & ACCESS_DATA_WRITE)
+
+
+@dataclass(slots=True)
+class IrqSet:
+    """A VFIO_DEVICE_SET_IRQS call (0x8008) after ``at`` accesses; ``data`` as the
+    call gave it, except eventfd numbers: 0 for an eventfd, -1 for none."""
+    index: int
+    at: int
+    start: int
+    count: int
+    irq_flags: int
+    data: bytes = b""
+    flags: int = 0
+    type = IRQ_SET
+
+
+@dataclass(slots=True)
+class IrqEvent:
+    """The device signalled ``vector`` of IRQ ``index`` (0x8009) after ``at`` accesses."""
+    index: int
+    at: int
+    vector: int
+    flags: int = 0
+    type = IRQ_EVENT
+
+
+@dataclass(slots=True)
+class ResetEvent:
+    """A reset (0x800A) after ``at`` accesses: RESET_DEVICE or RESET_HOT."""
+    kind: int
+    at: int
+    flags: int = 0
+    type = RESET_EVENT
+
+
+@dataclass(slots=True)
+class DmaMap:
+    """Memory mapped for DMA (0x800B) after ``at`` accesses; flags DMA_READ / DMA_WRITE_OK."""
+    at: int
+    iova: int
+    size: int
+    flags: int = 0
+    type = DMA_MAP
+
+
+@dataclass(slots=True)
+class DmaUnmap:
+    """A DMA mapping removed (0x800C) after ``at`` accesses."""
+    at: int
+    iova: int
+    size: int
+    flags: int = 0
+    type = DMA_UNMAP
+
+
+@dataclass(slots=True)
+class DmaWrite:
+    """Bytes the device wrote to memory at ``iova`` (0x800D), seen after ``at`` accesses."""
+    at: int
+    iova: int
+    data: bytes
+    flags: int = 0
+    type = DMA_WRITE
+
+
+@dataclass(slots=True)
+class Marker:
+    """A program's marker (0x800E) after ``at`` accesses, like mmiotrace's."""
+    at: int
+    text: str
+    flags: int = 0
+    type = MARKER
+
+
 @dataclass
 class DeviceRecord:
     """A whole record file: top-level records in file order, plus the header
     fields a newer minor version may have set (kept for byte-exact write-back)."""
     records: list = field(default_factory=list)
-    version_minor: int = VERSION_MINOR
+    #: 0 unless set: a cassette's writer sets CASSETTE_MINOR (FORMAT.md, "Versions")
+    version_minor: int = 0
     header_flags: int = 0
     header_extra: bytes = b""
     #: Byte offset in the file of each top-level record (parallel to
@@ -477,6 +710,11 @@ class DeviceRecord:
         return [r.text for r in self.records if type(r) is Note]
 
     @property
+    def cassette(self) -> Cassette | None:
+        """The CASSETTE record: present when the file is a recorded session."""
+        return self._first(Cassette)
+
+    @property
     def config_region(self) -> Region | None:
         for r in self.records:
             if type(r) is Region and r.is_config_space:
@@ -497,21 +735,23 @@ class _Reader:
     once-per-file) is generic; what a record holds is its row's ``decode``."""
 
     def __init__(self, buf, path: str | None, lazy: bool, max_records: int = DEFAULT_MAX_RECORDS):
+        # Slices of bytes and of an mmap are bytes, which the decoders keep as they
+        # are (bytes(x) of a bytes object costs as much as decoding a small record);
+        # any other buffer (bytearray, memoryview) is read from one bytes copy.
+        if not isinstance(buf, (bytes, mmap.mmap)):
+            buf = bytes(buf)
         self.buf = buf
         self.path = path
         self.lazy = lazy
         self.max_records = max_records
         self.count = 0
+        #: no file of this size can hold more records than the limit (each takes 12
+        #: bytes or more of its own), so _dec_region's walk need not count them
+        self.unlimited = len(buf) // RECORD_HEADER_LEN <= max_records
         self.views: list[memoryview] = []
         self.region_indexes: set[int] = set()
         self.irq_indexes: set[int] = set()
         self.singletons: set[int] = set()
-        # count(0, a, b): how many zero bytes in buf[a:b], without a copy where buf
-        # has the method (bytes, bytearray); the padding check of every record
-        if isinstance(buf, (bytes, bytearray)):
-            self.zeros_in = buf.count
-        else:
-            self.zeros_in = lambda z, a, b: bytes(buf[a:b]).count(z)
 
     def err(self, offset: int, rtype: int | None, problem: str) -> RecordFormatError:
         return RecordFormatError(offset, rtype, problem, self.path)
@@ -543,56 +783,72 @@ class _Reader:
         """Records from ``pos`` to ``end`` (a parent's end or the file's end);
         their offsets are appended to ``where`` when given.
 
-        This loop is the decoder's hot path, so what :meth:`record` checks per
-        record is done here inline, against the parent's table of allowed
-        types (:data:`_ALLOWED`); the checks and their order are
-        :meth:`record`'s, which stays the one place their messages are worded."""
+        This loop is the decoder's hot path (with _dec_region's walk of a
+        region's sub-records), so what :meth:`checked` and :meth:`record` check
+        per record is one test here, against the parent's table of allowed
+        types (:data:`_ALLOWED`); a record that fails it goes to them, which
+        make the checks in their order and stay the one place their messages
+        are worded."""
         out = []
         append = out.append
         buf = self.buf
         unpack = _S_HDR_UNPACK
-        allowed = _ALLOWED[parent]
-        zeros_in = self.zeros_in
+        get = _ALLOWED[parent].get
         max_records = self.max_records
         count = self.count          # kept here, and in self.count around a nested read
         while pos < end:
-            if end - pos < RECORD_HEADER_LEN:
-                raise self.err(pos, parent or None, f"truncated record header: {end - pos} bytes left "
-                               f"{'in the parent' if parent else 'in the file'}")
-            rtype, rec_len, flags = unpack(buf, pos)
+            try:
+                rtype, rec_len, flags = unpack(buf, pos)
+            except struct.error:                # under 12 bytes left: checked() words it
+                rtype = rec_len = flags = 0
             rend = pos + rec_len
-            if rec_len < RECORD_HEADER_LEN or rend > end:
-                self.bad_length(pos, rtype, rec_len, end, parent)
             count += 1
-            if count > max_records:
-                raise self.err(pos, rtype, f"more than {max_records} records (the reader's limit)")
-            row = allowed.get(rtype)
-            if row is not None and row[0] <= rec_len <= row[1]:
+            row = get(rtype)
+            # One test for the common case: a type allowed here, of its size (so at least
+            # a header), inside the parent, under the limit.  Anything else (truncated,
+            # bad length, over the limit, unknown, misplaced, once per file) goes to
+            # checked(), which makes the checks one by one in their order.
+            if row is not None and row[0] <= rec_len <= row[1] and rend <= end and count <= max_records:
                 if row[3]:                      # it reads sub-records, which count too
                     self.count = count
                     append(row[2](self, pos, rec_len, flags, depth))
                     count = self.count
                 else:
                     append(row[2](self, pos, rec_len, flags, depth))
-            else:                               # unknown, misplaced, wrong size, once per file
+            else:
                 self.count = count
-                append(self.record(pos, rtype, rec_len, flags, parent, depth))
+                append(self.checked(pos, end, rtype, rec_len, flags, parent, depth))
                 count = self.count
             if where is not None:
                 where.append(pos)
             nxt = (rend + 7) & -8
-            if parent:
-                if rend == end:
-                    break
-                if nxt >= end:
+            if nxt < end:                       # another record follows
+                if nxt != rend and buf[rend:nxt] != _PAD[nxt - rend]:
+                    self.padding(rend, nxt, rtype)
+                pos = nxt
+                continue
+            if parent:                          # the last sub-record ends the parent exactly
+                if rend != end:
                     raise self.err(rend, parent, "parent ends inside the padding after its last sub-record")
             elif nxt > end:
                 raise self.err(rend, rtype, "file ends inside the padding after the last record")
-            if nxt != rend and zeros_in(0, rend, nxt) != nxt - rend:
+            elif nxt != rend and buf[rend:nxt] != _PAD[nxt - rend]:
                 self.padding(rend, nxt, rtype)
-            pos = nxt
+            break
         self.count = count
         return out
+
+    def checked(self, pos: int, end: int, rtype: int, rec_len: int, flags: int, parent: int, depth: int):
+        """:meth:`record`, after the checks :meth:`sequence` folds into one test, made
+        one by one in their order (``self.count`` counts this record)."""
+        if end - pos < RECORD_HEADER_LEN:
+            raise self.err(pos, parent or None, f"truncated record header: {end - pos} bytes left "
+                           f"{'in the parent' if parent else 'in the file'}")
+        if rec_len < RECORD_HEADER_LEN or pos + rec_len > end:
+            self.bad_length(pos, rtype, rec_len, end, parent)
+        if self.count > self.max_records:
+            raise self.err(pos, rtype, f"more than {self.max_records} records (the reader's limit)")
+        return self.record(pos, rtype, rec_len, flags, parent, depth)
 
     def bad_length(self, pos: int, rtype: int, rec_len: int, end: int, parent: int):
         if rec_len < RECORD_HEADER_LEN:
@@ -703,12 +959,79 @@ class RecordType:
 
 
 def _dec_region(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Region:
-    _, _, _, index, offset, size, addr = _S_REGION.unpack_from(rd.buf, pos)
+    buf = rd.buf
+    index, offset, size, addr = _U_REGION(buf, pos + RECORD_HEADER_LEN)
     if index in rd.region_indexes:
         raise rd.err(pos, REGION, f"duplicate region index {index}")
     rd.region_indexes.add(index)
-    where: list[int] = []
-    kids = rd.sequence(pos + _S_REGION.size, pos + rec_len, REGION, depth + 1, where)
+    kids = []
+    p = pos + _REGION_SIZE
+    end = pos + rec_len
+    # A region's sub-records are most of a file's records, so the common case is
+    # walked here in one pass that also applies the region's rules: every record
+    # of a type allowed under a REGION and of its size, inside the region, zero
+    # padding; each once-per-parent type at most once, REGION_INFO's flags
+    # agreeing; data in offset order, not overlapping, inside the region; the
+    # reader's record limit out of reach.  At anything else it stops, and the
+    # generic walk (rd.sequence) and _region_fault go over the region again,
+    # refusing what is wrong in their order and wording (or accepting what is
+    # only unusual: an unknown sub-record, data out of order).
+    if p < end and (rd.unlimited or rd.count + (end - p) // RECORD_HEADER_LEN <= rd.max_records):
+        append = kids.append
+        get = _REGION_KIDS.get
+        kid_depth = depth + 1
+        seen = 0                            # the once-per-parent types seen (their bits)
+        last = 0                            # end of the data so far
+        while True:
+            try:
+                rtype, rlen, rflags = _S_HDR_UNPACK(buf, p)
+            except struct.error:
+                break
+            rend = p + rlen
+            size_min, size_max, decode, once_bit = get(rtype, _NO_KID)
+            if not size_min <= rlen <= size_max or rend > end:
+                break
+            kid = decode(rd, p, rlen, rflags, kid_depth)
+            append(kid)
+            if once_bit:
+                if seen & once_bit or rtype == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
+                    break
+                seen |= once_bit
+            elif rtype == REGION_DATA:
+                if kid.offset < last:
+                    break
+                last = kid.offset + rlen - _DATA_SIZE
+            if rend == end:
+                if last <= size:
+                    if not rd.unlimited:
+                        rd.count += len(kids)
+                    p = end
+                break
+            nxt = (rend + ALIGN - 1) & -ALIGN
+            if nxt >= end or nxt != rend and buf[rend:nxt] != _PAD[nxt - rend]:
+                break
+            p = nxt
+    if p != end:
+        kids = rd.sequence(pos + _S_REGION.size, end, REGION, depth + 1)
+        _region_fault(rd, pos, index, flags, size, kids)
+    r = _new(Region)
+    r.index = index
+    r.flags = flags
+    r.offset = offset
+    r.size = size
+    r.addr = addr
+    r.children = kids
+    return r
+
+
+def _region_fault(rd: _Reader, pos: int, index: int, flags: int, size: int, kids: list) -> None:
+    """Raise for the first fault among a region's sub-records (nothing when their
+    data are only out of order)."""
+    where = []
+    cpos = pos + _S_REGION.size
+    for _ in kids:
+        where.append(cpos)
+        cpos = (cpos + _S_HDR_UNPACK(rd.buf, cpos)[1] + ALIGN - 1) & -ALIGN
     seen = set()
     spans = []
     for kid, cpos in zip(kids, where):
@@ -731,7 +1054,6 @@ def _dec_region(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> 
             if b0 < a1:
                 raise rd.err(boff, REGION_DATA, f"data at {b0:#x} overlaps data [{a0:#x}, {a1:#x}) "
                              f"in region {index}")
-    return Region(index, flags, offset, size, addr, kids)
 
 
 def _enc_region(r: Region) -> bytes:
@@ -744,9 +1066,10 @@ def _string(rd: _Reader, pos: int, rtype: int, a: int, b: int) -> str:
     """:meth:`_Reader.string`, done in one decode for a well-formed string: the
     last byte NUL, no other NUL, UTF-8.  Anything else goes to the method,
     which finds the first fault and words it."""
-    if a < b and rd.buf[b - 1] == 0:
+    buf = rd.buf
+    if a < b and buf[b - 1] == 0:
         try:
-            text = str(rd.buf[a:b - 1], "utf-8")
+            text = buf[a:b - 1].decode()        # UTF-8, strict; a slice of buf is bytes (see _Reader)
         except UnicodeDecodeError:
             pass
         else:
@@ -756,7 +1079,10 @@ def _string(rd: _Reader, pos: int, rtype: int, a: int, b: int) -> str:
 
 
 def _dec_dtpath(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> DtPath:
-    return DtPath(_string(rd, pos, DTPATH, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
+    r = _new(DtPath)
+    r.path = _string(rd, pos, DTPATH, pos + RECORD_HEADER_LEN, pos + rec_len)
+    r.flags = flags
+    return r
 
 
 def _enc_dtpath(r: DtPath) -> bytes:
@@ -765,7 +1091,10 @@ def _enc_dtpath(r: DtPath) -> bytes:
 
 
 def _dec_dtindex(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> DtIndex:
-    return DtIndex(*_S_DTINDEX.unpack_from(rd.buf, pos)[3:], flags)
+    r = _new(DtIndex)
+    r.prop_type, r.prop_index = _U_DTINDEX(rd.buf, pos + RECORD_HEADER_LEN)
+    r.flags = flags
+    return r
 
 
 def _enc_dtindex(r: DtIndex) -> bytes:
@@ -773,15 +1102,19 @@ def _enc_dtindex(r: DtIndex) -> bytes:
 
 
 def _dec_interrupt(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Interrupt:
-    _, _, _, index, count, reserved = _S_INTERRUPT.unpack_from(rd.buf, pos)
+    index, count, reserved = _U_INTERRUPT(rd.buf, pos + RECORD_HEADER_LEN)
     if reserved:
         rd.reserved(pos + 20, INTERRUPT, reserved)
     if index in rd.irq_indexes:
         raise rd.err(pos, INTERRUPT, f"duplicate interrupt index {index}")
     rd.irq_indexes.add(index)
-    kids = rd.sequence(pos + _S_INTERRUPT.size, pos + rec_len, INTERRUPT, depth + 1) \
-        if rec_len > _S_INTERRUPT.size else []
-    return Interrupt(index, flags, count, kids)
+    r = _new(Interrupt)
+    r.index = index
+    r.flags = flags
+    r.count = count
+    r.children = rd.sequence(pos + _INTERRUPT_SIZE, pos + rec_len, INTERRUPT, depth + 1) \
+        if rec_len > _INTERRUPT_SIZE else []
+    return r
 
 
 def _enc_interrupt(r: Interrupt) -> bytes:
@@ -791,7 +1124,9 @@ def _enc_interrupt(r: Interrupt) -> bytes:
 
 
 def _dec_config(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> PciConfigSpace:
-    return PciConfigSpace(flags)
+    r = _new(PciConfigSpace)
+    r.flags = flags
+    return r
 
 
 def _enc_config(r: PciConfigSpace) -> bytes:
@@ -799,7 +1134,10 @@ def _enc_config(r: PciConfigSpace) -> bytes:
 
 
 def _dec_bar(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> PciBarInfo:
-    return PciBarInfo(*_S_BAR.unpack_from(rd.buf, pos)[3:], flags)
+    r = _new(PciBarInfo)
+    r.bar_type, r.bar_index = _U_BAR(rd.buf, pos + RECORD_HEADER_LEN)
+    r.flags = flags
+    return r
 
 
 def _enc_bar(r: PciBarInfo) -> bytes:
@@ -829,8 +1167,12 @@ def _enc_devinfo(r: DeviceInfo) -> bytes:
 
 
 def _dec_reginfo(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> RegionInfo:
-    return RegionInfo(_S_REGINFO.unpack_from(rd.buf, pos)[3], bytes(rd.buf[pos + _S_REGINFO.size:pos + rec_len]),
-                      flags)
+    buf = rd.buf
+    r = _new(RegionInfo)
+    r.vfio_flags, = _U_REGINFO(buf, pos + RECORD_HEADER_LEN)
+    r.caps = buf[pos + _REGINFO_SIZE:pos + rec_len]            # bytes (see _Reader)
+    r.flags = flags
+    return r
 
 
 def _enc_reginfo(r: RegionInfo) -> bytes:
@@ -838,12 +1180,15 @@ def _enc_reginfo(r: RegionInfo) -> bytes:
 
 
 def _dec_data(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> RegionData:
-    _, _, _, reserved, offset = _S_DATA_UNPACK(rd.buf, pos)
+    reserved, offset = _U_DATA(rd.buf, pos + RECORD_HEADER_LEN)
     if reserved:
         rd.reserved(pos + 12, REGION_DATA, reserved)
-    if rd.lazy:
-        return RegionData(offset, rd.payload(pos + _DATA_SIZE, pos + rec_len, copy=False), flags)
-    return RegionData(offset, bytes(rd.buf[pos + _DATA_SIZE:pos + rec_len]), flags)
+    r = _new(RegionData)
+    r.offset = offset
+    r.data = rd.payload(pos + _DATA_SIZE, pos + rec_len, copy=False) if rd.lazy else \
+        rd.buf[pos + _DATA_SIZE:pos + rec_len]                    # bytes (see _Reader)
+    r.flags = flags
+    return r
 
 
 def _enc_data(r: RegionData) -> bytes:
@@ -851,12 +1196,141 @@ def _enc_data(r: RegionData) -> bytes:
 
 
 def _dec_note(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Note:
-    return Note(_string(rd, pos, NOTE, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
+    r = _new(Note)
+    r.text = _string(rd, pos, NOTE, pos + RECORD_HEADER_LEN, pos + rec_len)
+    r.flags = flags
+    return r
 
 
 def _enc_note(r: Note) -> bytes:
     s = _cstring(r.text)
     return _hdr(NOTE, RECORD_HEADER_LEN + len(s), r.flags) + s
+
+
+def _dec_cassette(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Cassette:
+    return Cassette(_string(rd, pos, CASSETTE, pos + RECORD_HEADER_LEN, pos + rec_len), flags)
+
+
+def _enc_cassette(r: Cassette) -> bytes:
+    s = _cstring(r.text)
+    return _hdr(CASSETTE, RECORD_HEADER_LEN + len(s), r.flags) + s
+
+
+_ENTRY_ITER = _S_ENTRY.iter_unpack
+
+
+def _dec_accesses(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Accesses:
+    reserved = _S_ACCESSES.unpack_from(rd.buf, pos)[3]
+    rd.reserved(pos + 12, ACCESSES, reserved)
+    a, b = pos + _S_ACCESSES.size, pos + rec_len
+    if (b - a) % ACCESS_ENTRY_LEN:
+        raise rd.err(pos, ACCESSES, f"rec_len {rec_len}: the entries ({b - a} bytes) are not a whole number "
+                     f"of {ACCESS_ENTRY_LEN}-byte entries")
+    entries = []
+    append = entries.append
+    at = a
+    for op, width, reserved, index, offset, value in _ENTRY_ITER(bytes(rd.buf[a:b])):
+        if op > ACCESS_WRITE:
+            raise rd.err(at, ACCESSES, f"access entry op {op} (0 read, 1 write)")
+        if width not in ACCESS_WIDTHS:
+            raise rd.err(at + 1, ACCESSES, f"access entry width {width} (1, 2, 4 or 8)")
+        if reserved:
+            rd.reserved(at + 2, ACCESSES, reserved)
+        if value >> (8 * width):
+            raise rd.err(at + 16, ACCESSES, f"access entry value {value:#x} wider than {width} bytes")
+        append(Access(op, width, index, offset, value))
+        at += ACCESS_ENTRY_LEN
+    return Accesses(entries, flags)
+
+
+def _enc_accesses(r: Accesses) -> bytes:
+    pack = _S_ENTRY.pack
+    body = b"".join(pack(e[0], e[1], 0, e[2], e[3], e[4]) for e in r.entries)
+    return _S_ACCESSES.pack(ACCESSES, _S_ACCESSES.size + len(body), r.flags, 0) + body
+
+
+def _dec_accdata(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> AccessData:
+    _, _, _, index, offset = _S_ACCDATA.unpack_from(rd.buf, pos)
+    if rec_len == _S_ACCDATA.size:
+        raise rd.err(pos, ACCESS_DATA, "an access of 0 bytes")
+    return AccessData(index, offset, bytes(rd.buf[pos + _S_ACCDATA.size:pos + rec_len]), flags)
+
+
+def _enc_accdata(r: AccessData) -> bytes:
+    return _S_ACCDATA.pack(ACCESS_DATA, _S_ACCDATA.size + len(r.data), r.flags, r.index, r.offset) + bytes(r.data)
+
+
+def _dec_irqset(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> IrqSet:
+    _, _, _, index, at, start, count, irq_flags, reserved = _S_IRQSET.unpack_from(rd.buf, pos)
+    rd.reserved(pos + 36, IRQ_SET, reserved)
+    return IrqSet(index, at, start, count, irq_flags, bytes(rd.buf[pos + _S_IRQSET.size:pos + rec_len]), flags)
+
+
+def _enc_irqset(r: IrqSet) -> bytes:
+    return _S_IRQSET.pack(IRQ_SET, _S_IRQSET.size + len(r.data), r.flags, r.index, r.at, r.start, r.count,
+                          r.irq_flags, 0) + bytes(r.data)
+
+
+def _dec_irqev(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> IrqEvent:
+    _, _, _, index, at, vector, reserved = _S_IRQEV.unpack_from(rd.buf, pos)
+    rd.reserved(pos + 28, IRQ_EVENT, reserved)
+    return IrqEvent(index, at, vector, flags)
+
+
+def _enc_irqev(r: IrqEvent) -> bytes:
+    return _S_IRQEV.pack(IRQ_EVENT, _S_IRQEV.size, r.flags, r.index, r.at, r.vector, 0)
+
+
+def _dec_reset(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> ResetEvent:
+    _, _, _, kind, at = _S_RESET.unpack_from(rd.buf, pos)
+    return ResetEvent(kind, at, flags)
+
+
+def _enc_reset(r: ResetEvent) -> bytes:
+    return _S_RESET.pack(RESET_EVENT, _S_RESET.size, r.flags, r.kind, r.at)
+
+
+def _dma_map_codec(rtype: int, cls):
+    def dec(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int):
+        _, _, _, reserved, at, iova, size = _S_DMAMAP.unpack_from(rd.buf, pos)
+        rd.reserved(pos + 12, rtype, reserved)
+        if iova + size > 1 << 64:
+            raise rd.err(pos + 24, rtype, f"IOVA {iova:#x} + size {size:#x} runs past 2^64")
+        return cls(at, iova, size, flags)
+
+    def enc(r) -> bytes:
+        return _S_DMAMAP.pack(rtype, _S_DMAMAP.size, r.flags, 0, r.at, r.iova, r.size)
+    return dec, enc
+
+
+_dec_dmamap, _enc_dmamap = _dma_map_codec(DMA_MAP, DmaMap)
+_dec_dmaunmap, _enc_dmaunmap = _dma_map_codec(DMA_UNMAP, DmaUnmap)
+
+
+def _dec_dmawrite(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> DmaWrite:
+    _, _, _, reserved, at, iova = _S_DMAWR.unpack_from(rd.buf, pos)
+    rd.reserved(pos + 12, DMA_WRITE, reserved)
+    n = rec_len - _S_DMAWR.size
+    if n == 0:
+        raise rd.err(pos, DMA_WRITE, "a DMA write of 0 bytes")
+    if iova + n > 1 << 64:
+        raise rd.err(pos + 24, DMA_WRITE, f"IOVA {iova:#x} + {n} bytes runs past 2^64")
+    return DmaWrite(at, iova, bytes(rd.buf[pos + _S_DMAWR.size:pos + rec_len]), flags)
+
+
+def _enc_dmawrite(r: DmaWrite) -> bytes:
+    return _S_DMAWR.pack(DMA_WRITE, _S_DMAWR.size + len(r.data), r.flags, 0, r.at, r.iova) + bytes(r.data)
+
+
+def _dec_marker(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> Marker:
+    _, _, _, reserved, at = _S_MARKER.unpack_from(rd.buf, pos)
+    rd.reserved(pos + 12, MARKER, reserved)
+    return Marker(at, _string(rd, pos, MARKER, pos + _S_MARKER.size, pos + rec_len), flags)
+
+
+def _enc_marker(r: Marker) -> bytes:
+    s = _cstring(r.text)
+    return _S_MARKER.pack(MARKER, _S_MARKER.size + len(s), r.flags, 0, r.at) + s
 
 
 _T, _R, _I = (_TOP,), (REGION,), (REGION, INTERRUPT)
@@ -879,6 +1353,18 @@ RECORD_TYPES = (
                _Once.PER_PARENT),
     RecordType(REGION_DATA, "REGION_DATA", RegionData, _L_RegionData, _Tail.BYTES, _R, _dec_data, _enc_data),
     RecordType(NOTE, "NOTE", Note, _L_RecordHeader, _Tail.STRING, _T, _dec_note, _enc_note),
+    # cassettes (1.1)
+    RecordType(CASSETTE, "CASSETTE", Cassette, _L_RecordHeader, _Tail.STRING, _T, _dec_cassette, _enc_cassette,
+               _Once.PER_FILE),
+    RecordType(ACCESSES, "ACCESSES", Accesses, _L_Accesses, _Tail.BYTES, _T, _dec_accesses, _enc_accesses),
+    RecordType(ACCESS_DATA, "ACCESS_DATA", AccessData, _L_AccessData, _Tail.BYTES, _T, _dec_accdata, _enc_accdata),
+    RecordType(IRQ_SET, "IRQ_SET", IrqSet, _L_IrqSet, _Tail.BYTES, _T, _dec_irqset, _enc_irqset),
+    RecordType(IRQ_EVENT, "IRQ_EVENT", IrqEvent, _L_IrqEvent, _Tail.NONE, _T, _dec_irqev, _enc_irqev),
+    RecordType(RESET_EVENT, "RESET_EVENT", ResetEvent, _L_ResetEvent, _Tail.NONE, _T, _dec_reset, _enc_reset),
+    RecordType(DMA_MAP, "DMA_MAP", DmaMap, _L_DmaMap, _Tail.NONE, _T, _dec_dmamap, _enc_dmamap),
+    RecordType(DMA_UNMAP, "DMA_UNMAP", DmaUnmap, _L_DmaMap, _Tail.NONE, _T, _dec_dmaunmap, _enc_dmaunmap),
+    RecordType(DMA_WRITE, "DMA_WRITE", DmaWrite, _L_DmaWrite, _Tail.BYTES, _T, _dec_dmawrite, _enc_dmawrite),
+    RecordType(MARKER, "MARKER", Marker, _L_Marker, _Tail.STRING, _T, _dec_marker, _enc_marker),
 )
 del _T, _R, _I
 _BY_TYPE = {row.rtype: row for row in RECORD_TYPES}
@@ -891,6 +1377,11 @@ _ALLOWED = {parent: {row.rtype: (row.size, row.max_len, row.decode, row.nests)
                      for row in RECORD_TYPES if parent in row.places and not row.once_per_file}
             for parent in {p for row in RECORD_TYPES for p in row.places}}
 _S_HDR_UNPACK = _S_HDR.unpack_from
+#: _ALLOWED[REGION] for _dec_region's walk: (size, max_len, decode, a bit of its own for
+#: a once-per-parent type, else 0)
+_REGION_KIDS = {rtype: (size, max_len, decode, 1 << i if rtype in _ONCE_PER_PARENT else 0)
+                for i, (rtype, (size, max_len, decode, _)) in enumerate(_ALLOWED[REGION].items())}
+_NO_KID = (1, 0, None, 0)                   # no rec_len fits: the walk stops
 TYPE_NAMES = {row.rtype: row.name for row in RECORD_TYPES}
 
 

@@ -47,7 +47,10 @@ is used exactly like a real device.  Where the kernel's behaviour is known
   kept; :meth:`ReplayBackend.fire` plays the device raising a vector (an
   automasked index masks itself, a masked one keeps the interrupt pending
   until unmasked), :meth:`ReplayBackend.irq_state` and ``irq_log`` let a test
-  watch what the code under test programmed.  For a PCI device only one of
+  watch what the code under test programmed.  A vfio-platform/vfio-amba device
+  (no PCI flag) answers as ``vfio_platform_set_irqs_ioctl`` does: EINVAL to
+  masking an edge-triggered (not MASKABLE) line, and a mask eventfd is taken
+  (its signal masks the line).  For a PCI device only one of
   INTx/MSI/MSI-X can be enabled at a time (EINVAL otherwise), and disabling an
   index that is not enabled is EINVAL, as in vfio-pci.
 * RESET without the device's RESET flag is EINVAL; with it, every region goes
@@ -211,6 +214,7 @@ class _Irq:
         self.masked = [False] * count
         self.pending = [False] * count
         self.unmask_fd = -1
+        self.mask_fd = -1               # vfio-platform only: an eventfd whose signal masks
 
     @property
     def enabled(self) -> bool:
@@ -224,6 +228,9 @@ class _Irq:
         if self.unmask_fd >= 0:
             os.close(self.unmask_fd)
             self.unmask_fd = -1
+        if self.mask_fd >= 0:
+            os.close(self.mask_fd)
+            self.mask_fd = -1
 
 
 class ReplayBackend(DeviceBackend):
@@ -507,10 +514,18 @@ class ReplayBackend(DeviceBackend):
 
     def _mask_action(self, irq: _Irq, action: int, dtype: int, h, data, bad) -> None:
         if not irq.flags & uapi.VFIO_IRQ_INFO_MASKABLE:
-            raise bad("index is not maskable", errno.ENOTTY)
+            # vfio-pci has no mask op for the index (ENOTTY); vfio-platform's refuses an
+            # edge-triggered line (EINVAL, vfio_platform_set_irq_mask/unmask)
+            raise bad("index is not maskable", errno.ENOTTY if self._is_pci else errno.EINVAL)
         if h.start != 0 or h.count != 1 or (self._is_pci and not irq.enabled):
             raise bad("mask/unmask needs start 0, count 1 and an enabled index")
         unmask = action == uapi.VFIO_IRQ_SET_ACTION_UNMASK
+        if dtype == uapi.VFIO_IRQ_SET_DATA_EVENTFD and not unmask and not self._is_pci:
+            # vfio_platform_set_irq_mask: a signal on the eventfd masks the line (fd -1: stop)
+            old, irq.mask_fd = irq.mask_fd, self._dup(data[0], bad) if data[0] >= 0 else -1
+            if old >= 0:
+                os.close(old)
+            return
         if dtype == uapi.VFIO_IRQ_SET_DATA_EVENTFD:
             if not unmask:
                 raise bad("masking through an eventfd is not implemented (as in vfio-pci)", errno.ENOTTY)
@@ -562,7 +577,14 @@ class ReplayBackend(DeviceBackend):
             raise bad(f"fd {fd} is not open", errno.EBADF) from None
 
     def _poll_unmask(self, irq: _Irq) -> None:
-        """The kernel unmasks when the unmask eventfd is signalled; replay looks when asked."""
+        """The kernel unmasks when the unmask eventfd is signalled (and, for vfio-platform,
+        masks when the mask eventfd is); replay looks when asked."""
+        if irq.mask_fd >= 0:
+            try:
+                if os.eventfd_read(irq.mask_fd):
+                    irq.masked[0] = True
+            except BlockingIOError:
+                pass
         if irq.unmask_fd >= 0:
             try:
                 if os.eventfd_read(irq.unmask_fd):
@@ -638,9 +660,11 @@ class ReplayBackend(DeviceBackend):
 def open_replay(source, *, name: str | None = None):
     """A :class:`vfio.device.Device` over a :class:`ReplayBackend` (closed with the device)."""
     from ..device import Device, Interface
+    from ..platform import DtOrigins
     backend = ReplayBackend(source, name=name)
     try:
-        return Device(backend, interface=Interface.REPLAY)
+        # a platform device's capture names each region's and IRQ's device-tree origin
+        return Device(backend, interface=Interface.REPLAY, dt=DtOrigins.from_record(backend.record))
     except BaseException:
         backend.close()
         raise
