@@ -47,7 +47,7 @@ from enum import Enum, IntEnum
 from typing import TYPE_CHECKING
 
 from .errors import InvalidValue, VfioError
-from .sysfs import SysfsTree
+from .sysfs import DT_BASE, SysfsTree
 
 if TYPE_CHECKING:
     from .device import Device
@@ -59,8 +59,6 @@ __all__ = ["Bus", "DtProp", "DtOrigin", "DtOrigins", "PlatformNode", "find_platf
            "platform_devices", "platform_group_path", "platform_cdev_path", "open_platform_device",
            "DT_BASE"]
 
-#: Where the kernel shows the device tree it booted with (``/proc/device-tree`` links here).
-DT_BASE = "sys/firmware/devicetree/base"
 #: Offsets of region *i* in a vfio-platform device fd: ``i << 40`` (VFIO_PLATFORM_OFFSET_SHIFT).
 PLATFORM_OFFSET_SHIFT = 40
 # bounds: a device tree has a few hundred nodes, a node a few reg entries

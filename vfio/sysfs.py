@@ -29,12 +29,18 @@ import os
 from .address import PciAddress
 from .errors import Error, wrap_oserror
 
-__all__ = ["HostError", "SysfsTree", "PCI_DEVICES", "PCI_DRIVERS", "IOMMU_GROUPS", "IOMMU_CLASS"]
+__all__ = ["HostError", "SysfsTree", "PCI_DEVICES", "PCI_DRIVERS", "IOMMU_GROUPS", "IOMMU_CLASS",
+           "MDEV_DEVICES", "MDEV_BUS_CLASS", "DT_BASE"]
 
 PCI_DEVICES = "sys/bus/pci/devices"
 PCI_DRIVERS = "sys/bus/pci/drivers"
 IOMMU_GROUPS = "sys/kernel/iommu_groups"
 IOMMU_CLASS = "sys/class/iommu"
+#: live mediated devices, and the parents registered with the mdev framework (vfio.host.mdev)
+MDEV_DEVICES = "sys/bus/mdev/devices"
+MDEV_BUS_CLASS = "sys/class/mdev_bus"
+#: the flattened device tree the kernel booted with (vfio.platform); absent on ACPI hosts
+DT_BASE = "sys/firmware/devicetree/base"
 
 # Bounds on directory walks: a real host has a few hundred PCI functions at most.
 MAX_ENTRIES = 65536

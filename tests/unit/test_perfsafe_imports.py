@@ -15,7 +15,9 @@ from tests.paths import GUEST_TREE, REPO
 # code (without a state file), and the standard modules only other paths need
 NOT_FOR_THE_LISTING = {"vfio.device", "vfio.uapi", "vfio.container", "vfio.group", "vfio.dma", "vfio.iommufd",
                        "vfio.open", "vfio.pci.config", "vfio.pci.vconfig", "vfio.record", "vfio.host.assign",
-                       "json", "argparse", "ctypes", "subprocess", "socket", "asyncio", "datetime", "tempfile"}
+                       "json", "argparse", "ctypes", "subprocess", "socket", "asyncio", "datetime", "tempfile",
+                       # mdevs and device-tree devices, on a host with neither
+                       "vfio.host.mdev", "vfio.platform"}
 
 
 def modules_after(code: str) -> set[str]:
@@ -29,8 +31,12 @@ def test_the_listing_imports_nothing_it_does_not_use():
     floor = modules_after("pass")
     used = modules_after("import io\nfrom vfio.host import inspect\ninspect.main([], out=io.StringIO())")
     unused = (used - floor) & NOT_FOR_THE_LISTING
-    if os.path.exists("/run/vfio-assign/state.json"):
+    if os.path.exists("/run/vfio-assign/state.json") or os.path.exists("/run/vfio-assign/platform-state.json"):
         unused.discard("vfio.host.assign")          # then the listing reads it
+    if os.path.exists("/sys/class/mdev_bus") or os.path.exists("/sys/bus/mdev/devices"):
+        unused.discard("vfio.host.mdev")            # then it lists mdev parents and mdevs
+    if os.path.exists("/sys/firmware/devicetree/base"):
+        unused.discard("vfio.platform")             # then it lists device-tree devices
     if os.path.isdir("/sys/kernel/iommu_groups") and os.listdir("/sys/kernel/iommu_groups"):
         # then viability asks the kernel (opens /dev/vfio/N): the fd layer is used
         unused -= {"vfio.device", "vfio.uapi", "vfio.group", "ctypes", "vfio.container", "vfio.dma",

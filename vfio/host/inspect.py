@@ -37,6 +37,7 @@ from .._cli import entry_point
 
 from .inuse import interfaces_of, usage_of
 from .sysfs import PCI_DEVICES, Host, HostError, PciDevice
+from ..sysfs import MDEV_BUS_CLASS, MDEV_DEVICES
 from .viability import VFIO_PCI_DRIVERS, Viability, group_viability
 
 SCHEMA = "vfio-inspect/1"
@@ -191,6 +192,8 @@ def host_report(host: Host, names: Names | None = None, ask_kernel: bool = True)
 
 def mdev_report(host: Host) -> dict:
     """``mdev_parents`` (each with its types) and ``mdevs`` (see :mod:`vfio.host.mdev`)."""
+    if not host.sysfs.exists(MDEV_BUS_CLASS) and not host.sysfs.exists(MDEV_DEVICES):
+        return {"mdev_parents": [], "mdevs": []}    # no mdev framework: vfio.host.mdev stays unloaded
     from .mdev import MdevHost
     m = MdevHost(sysfs=host.sysfs)
     return {"mdev_parents": [{"name": p.name, "types": [t.to_dict() for t in p.types]} for p in m.parents()],

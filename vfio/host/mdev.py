@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..errors import VfioError
-from ..sysfs import SysfsTree
+from ..sysfs import MDEV_BUS_CLASS, MDEV_DEVICES, SysfsTree
 from .sysfs import DryRunSysfs, HostError, Sysfs
 
 __all__ = ["DeviceApi", "StartPolicy", "MdevType", "MdevParent", "MdevDevice", "MdevDefinition",
@@ -65,8 +65,6 @@ __all__ = ["DeviceApi", "StartPolicy", "MdevType", "MdevParent", "MdevDevice", "
            "create_mdev", "remove_mdev", "mdev_group_path", "mdev_cdev_path", "mdev_device_api",
            "MDEV_DEVICES", "MDEV_BUS_CLASS", "CONFIG_DIR_ENV", "DEFAULT_CONFIG_DIR"]
 
-MDEV_DEVICES = "sys/bus/mdev/devices"
-MDEV_BUS_CLASS = "sys/class/mdev_bus"
 TYPES_DIR = "mdev_supported_types"
 #: Where definitions live, relative to the system root, unless ``$VFIO_MDEV_CONFIG_DIR`` says.
 DEFAULT_CONFIG_DIR = "etc/vfio-toolkit/mdev.d"

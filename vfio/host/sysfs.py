@@ -42,7 +42,7 @@ from ..errors import InvalidValue, VfioError, wrap_oserror
 from ..address import PciAddress, normalize_bdf
 # the read side lives at the bottom of the package (the fd layer and capture use it too);
 # its names stay importable from here
-from ..sysfs import (IOMMU_CLASS, IOMMU_GROUPS, MAX_ENTRIES, PCI_DEVICES, PCI_DRIVERS,  # noqa: F401
+from ..sysfs import (DT_BASE, IOMMU_CLASS, IOMMU_GROUPS, MAX_ENTRIES, PCI_DEVICES, PCI_DRIVERS,  # noqa: F401
                      HostError, SysfsTree)
 
 #: ``iommu_group_set_name()`` of drivers/vfio/group.c for its no-IOMMU groups.
@@ -353,6 +353,8 @@ class Host:
     def platform_devices(self) -> list:
         """Every platform and AMBA device with a device-tree node, as
         :class:`vfio.platform.PlatformNode` (bus, DT path, driver, override, group)."""
+        if not self.sysfs.exists(DT_BASE):
+            return []       # an ACPI host (x86): no device tree, and vfio.platform stays unloaded
         from ..platform import platform_devices
         return platform_devices(self.sysfs)
 
