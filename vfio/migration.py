@@ -480,13 +480,7 @@ class StreamReader:
         if zlib.crc32(ident) != crc:
             raise StreamCorrupt(f"{self.source}: offset {start}: identity CRC {zlib.crc32(ident):#010x} "
                                 f"does not match the header's {crc:#010x}", start)
-        try:
-            obj = json.loads(ident.decode())
-        except (UnicodeDecodeError, ValueError) as e:
-            raise StreamCorrupt(f"{self.source}: offset {start}: identity is not JSON ({e})", start) from None
-        if not isinstance(obj, dict):
-            raise StreamCorrupt(f"{self.source}: offset {start}: identity is not a JSON object", start)
-        return obj
+        return self._json_object(ident, "identity", start)
 
     def record(self) -> tuple:
         """The next record as (kind, payload, offset of its header)."""
@@ -521,12 +515,16 @@ class StreamReader:
         return kind, payload, at
 
     def attachments(self, payload: bytes, at: int) -> dict:
+        return self._json_object(payload, "ATTACHMENTS", at)
+
+    def _json_object(self, raw: bytes, what: str, at: int) -> dict:
+        """``raw`` as a JSON object, or StreamCorrupt naming ``what`` and offset ``at``."""
         try:
-            obj = json.loads(payload.decode())
+            obj = json.loads(raw.decode())
         except (UnicodeDecodeError, ValueError) as e:
-            raise StreamCorrupt(f"{self.source}: offset {at}: ATTACHMENTS is not JSON ({e})", at) from None
+            raise StreamCorrupt(f"{self.source}: offset {at}: {what} is not JSON ({e})", at) from None
         if not isinstance(obj, dict):
-            raise StreamCorrupt(f"{self.source}: offset {at}: ATTACHMENTS is not a JSON object", at)
+            raise StreamCorrupt(f"{self.source}: offset {at}: {what} is not a JSON object", at)
         return obj
 
 

@@ -179,6 +179,24 @@ _RECOVER = ("vfio-assign will neither use nor overwrite it. To recover: keep it 
             "echo > /sys/bus/pci/devices/BDF/driver_override; echo BDF > /sys/bus/pci/drivers_probe")
 
 
+def _check_entry_fields(name: str, rec: dict, strings: tuple) -> str:
+    """Why an entry's fields that PCI and platform records share are malformed ('' when
+    fine): ``driver`` and ``driver_override`` (a driver name or null), ``status``, and
+    the optional ``strings``."""
+    for key in ("driver", "driver_override"):
+        if key not in rec:
+            return f"the entry of {name} has no {key!r}"
+        v = rec[key]
+        if v is not None and not (isinstance(v, str) and _DRIVER_NAME.match(v)):
+            return f"the entry of {name} has {key} {v!r}, not a driver name or null"
+    if rec.get("status") not in STATUSES:
+        return f"the entry of {name} has status {rec.get('status')!r}, not one of {', '.join(STATUSES)}"
+    for key in strings:
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            return f"the entry of {name} has {key} {rec[key]!r}, not a string"
+    return ""
+
+
 def _check_record(bdf: str, rec) -> str:
     """Why a device entry is malformed ('' when it is fine)."""
     try:
@@ -188,17 +206,9 @@ def _check_record(bdf: str, rec) -> str:
         return f"device key {bdf!r} is not a PCI address"
     if not isinstance(rec, dict):
         return f"the entry of {bdf} is a {type(rec).__name__}, not an object"
-    for key in ("driver", "driver_override"):
-        if key not in rec:
-            return f"the entry of {bdf} has no {key!r}"
-        v = rec[key]
-        if v is not None and not (isinstance(v, str) and _DRIVER_NAME.match(v)):
-            return f"the entry of {bdf} has {key} {v!r}, not a driver name or null"
-    if rec.get("status") not in STATUSES:
-        return f"the entry of {bdf} has status {rec.get('status')!r}, not one of {', '.join(STATUSES)}"
-    for key in ("ids", "iommu_group", "since"):
-        if rec.get(key) is not None and not isinstance(rec[key], str):
-            return f"the entry of {bdf} has {key} {rec[key]!r}, not a string"
+    why = _check_entry_fields(bdf, rec, ("ids", "iommu_group", "since"))
+    if why:
+        return why
     if rec.get("uid") is not None and (not isinstance(rec["uid"], int) or isinstance(rec["uid"], bool)):
         return f"the entry of {bdf} has uid {rec['uid']!r}, not an integer"
     return ""
@@ -990,18 +1000,7 @@ def _check_platform_record(name: str, rec) -> str:
         return f"the entry of {name} is a {type(rec).__name__}, not an object"
     if rec.get("bus") not in ("platform", "amba"):
         return f"the entry of {name} has bus {rec.get('bus')!r}, not platform or amba"
-    for key in ("driver", "driver_override"):
-        if key not in rec:
-            return f"the entry of {name} has no {key!r}"
-        v = rec[key]
-        if v is not None and not (isinstance(v, str) and _DRIVER_NAME.match(v)):
-            return f"the entry of {name} has {key} {v!r}, not a driver name or null"
-    if rec.get("status") not in STATUSES:
-        return f"the entry of {name} has status {rec.get('status')!r}, not one of {', '.join(STATUSES)}"
-    for key in ("dt_path", "iommu_group", "since"):
-        if rec.get(key) is not None and not isinstance(rec[key], str):
-            return f"the entry of {name} has {key} {rec[key]!r}, not a string"
-    return ""
+    return _check_entry_fields(name, rec, ("dt_path", "iommu_group", "since"))
 
 
 class PlatformStateFile(StateFile):
