@@ -408,7 +408,7 @@ class MappedRegion(Resource):
     """
 
     __slots__ = ("region", "size", "_what", "_areas", "_v1", "_v2", "_v4", "_v8", "_k1", "_k2", "_k4", "_k8",
-                 "_fast", "_fast_end", "_trapped")
+                 "_fast", "_fast_end")
 
     def __init__(self, region: Region, prot: int):
         self.region = region
@@ -417,13 +417,7 @@ class MappedRegion(Resource):
         # (start, end, mmap, base address -- None if read-only; for code that hands the address on --, WordViews)
         self._areas = []
         self._set_fast(memory.WordViews())
-        self._trapped = False
         areas = region.info.mmap_areas()
-        if areas and region.device.backend.traps_mmio:
-            # the backend must see every access (a cassette): no mapping, each accessor
-            # takes the slow path to the region's pread/pwrite
-            self._trapped = True
-            return
         if not areas:
             raise RegionAccessError(f"{self._what} has no mmap-able area")
         try:
@@ -466,8 +460,11 @@ class MappedRegion(Resource):
         return [(s, e - s) for s, e, *_ in self._areas]
 
     # ---- the slow path: everything the fast path does not settle ---------------------------
+    def _closed(self) -> bool:
+        return not self._areas
+
     def _check(self, offset: int, w: int) -> None:
-        if not self._areas and not self._trapped:
+        if self._closed():
             raise RegionAccessError(f"{self._what}: mapping is closed")
         memory.check_access(offset, w, self.size, self._what)
 
@@ -561,7 +558,7 @@ class MappedRegion(Resource):
 
     # ---- bulk ------------------------------------------------------------------------------
     def _check_span(self, offset: int, length: int) -> None:
-        if not self._areas and not self._trapped:
+        if self._closed():
             raise RegionAccessError(f"{self._what}: mapping is closed")
         memory.check_span(offset, length, self.size, self._what)
 
@@ -604,7 +601,6 @@ class MappedRegion(Resource):
 
     def close(self) -> None:
         areas, self._areas = self._areas, []
-        self._trapped = False
         self._set_fast(memory.WordViews())      # the accessors now miss, and find it closed
         for _, _, mm, _, views in areas:
             views.release()
@@ -616,7 +612,24 @@ class TrappedMappedRegion(MappedRegion):
     (``traps_mmio``: a cassette being recorded or replayed): nothing is mapped,
     each accessor is the region's pread/pwrite with the view's checks."""
 
-    __slots__ = ()
+    __slots__ = ("_open",)
+
+    def __init__(self, region: Region, prot: int):
+        self.region = region
+        self.size = region.size
+        self._what = region._what
+        self._areas = []                        # nothing mapped: every access is trapped
+        self._set_fast(memory.WordViews())
+        if not region.info.mmap_areas():        # as the kernel would refuse the mmap
+            raise RegionAccessError(f"{self._what} has no mmap-able area")
+        self._open = True
+
+    def _closed(self) -> bool:
+        return not self._open
+
+    def close(self) -> None:
+        self._open = False
+        super().close()
 
     def read8(self, offset: int) -> int:
         return self._read_slow(offset, 1)

@@ -360,6 +360,8 @@ class MdevHost:
             node = self.sysfs.dev(f"vfio/{d.iommu_group}")
             nodes.append(node)
             try:
+                # a probe, closed at once: plain os.open keeps the host tools off the fd
+                # layer (uapi loads ctypes, which an unprivileged CLI run may not have)
                 fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
             except OSError as e:
                 if e.errno == errno.EBUSY:
