@@ -24,8 +24,10 @@ by default: a host that deschedules the guest spoils a few rounds, which the
 median leaves out.
 
 ``--breakdown`` adds, each against the raw loop: the DmaSpace primitives alone
-(``_map``/``_unmap`` at a fixed IOVA), the raw loop plus an IOVA alloc/free, and
-the raw loop plus 2, 4 and 10 empty Python calls -- the calibration that says
+(``_map``/``_unmap`` at a fixed IOVA), the raw loop plus an IOVA alloc/free, the
+raw loop with its structs packed each time (as ``IoctlArgs`` packs them), the raw
+loop through ``vfio.uapi.ioctl``, ``IoctlArgs.call`` alone (spare struct, pack,
+chokepoint, the reply field read), and the raw loop plus 2, 4 and 10 empty Python calls -- the calibration that says
 what a Python-level call costs in this guest (under QEMU TCG, several
 microseconds).  2 is the floor of any Python API (``map()`` and ``unmap()``
 themselves), 4 that floor with each ioctl through the one chokepoint function
@@ -101,6 +103,19 @@ def raw_ioas(fd, ioas_id, vaddr, iova, size, ioctl):
     return raw, (ioctl, fd, rm, m, ru, u)
 
 
+def container_codec(vaddr, iova, size):
+    """The type1 primitives' IoctlArgs and values (Container._map/_unmap, read and write)."""
+    return (vfio.container._MAP, (uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE, vaddr, iova, size),
+            vfio.container._UNMAP, (0, iova, size), "size")
+
+
+def ioas_codec(ioas):
+    """The IOAS primitives' IoctlArgs and values (IOAS._map/_unmap at a fixed IOVA, read and write)."""
+    flags = uapi.IOMMU_IOAS_MAP_FIXED_IOVA | uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE
+    return lambda vaddr, iova, size: (vfio.iommufd._MAP, (flags, ioas.id, 0, vaddr, size, iova),
+                                      vfio.iommufd._UNMAP, (ioas.id, iova, size), "length")
+
+
 def toolkit_loop(space, buf):
     mp, um = space.map, space.unmap
 
@@ -135,11 +150,14 @@ def report(label, rounds, n, host=False):
     return statistics.median(ratios)
 
 
-def breakdown_loops(space, buf, iova, raw_fn, raw_args):
+def breakdown_loops(space, buf, iova, raw_fn, raw_args, codec):
     """Where the toolkit's time goes: each layer added to the raw loop on its own
-    (the raw ioctls inline in each loop, as in the raw loop)."""
+    (the raw ioctls inline in each loop, as in the raw loop).  ``codec`` is the
+    space's pair of :class:`vfio.dma.IoctlArgs` with the values its primitives
+    pass them: ``(map_args, map_values, unmap_args, unmap_values, answer field)``."""
     ioctl, fd, rm, m, ru, u = raw_args
     size, vaddr = buf.size, buf.vaddr
+    map_args, map_values, unmap_args, unmap_values, answer = codec
     prim_map, prim_unmap = space._map, space._unmap
     alloc = space.allocator
 
@@ -154,6 +172,26 @@ def breakdown_loops(space, buf, iova, raw_fn, raw_args):
             ioctl(fd, rm, m, True)
             ioctl(fd, ru, u, True)
             f(a(size))
+
+    def raw_packed(n):          # the raw ioctls, each struct filled first as IoctlArgs fills it (the same values)
+        pm, pu, sm, su = map_args.pack_into, unmap_args.pack_into, map_args.size, unmap_args.size
+        for _ in range(n):
+            pm(m, 0, sm, *map_values)
+            ioctl(fd, rm, m, True)
+            pu(u, 0, su, *unmap_values)
+            ioctl(fd, ru, u, True)
+
+    def raw_chokepoint(n):      # the raw ioctls through vfio.uapi.ioctl, the toolkit's one ioctl
+        chk = uapi.ioctl
+        for _ in range(n):
+            chk(fd, rm, m)
+            chk(fd, ru, u)
+
+    def ioctl_args(n):          # IoctlArgs.call: a spare struct, packed, the chokepoint, the reply field read
+        cm, cu = map_args.call, unmap_args.call
+        for _ in range(n):
+            cm(fd, rm, map_values)
+            cu(fd, ru, unmap_values, answer)
 
     def nop(*args):
         pass
@@ -179,11 +217,13 @@ def breakdown_loops(space, buf, iova, raw_fn, raw_args):
             nop(); nop(1); nop(1, 2); nop(1, 2, 3); nop(1)
             ioctl(fd, ru, u, True)
     return [("DmaSpace primitives (_map/_unmap)", primitives), ("raw + IovaAllocator alloc/free", raw_plus_allocator),
+            ("raw + both structs packed", raw_packed), ("raw through vfio.uapi.ioctl", raw_chokepoint),
+            ("IoctlArgs.call for both", ioctl_args),
             ("raw + 2 empty Python calls", raw_plus_2_calls), ("raw + 4 empty Python calls", raw_plus_4_calls),
             ("raw + 10 empty Python calls", raw_plus_calls)]
 
 
-def bench(label, space, fd, make_raw, a, host=False):
+def bench(label, space, fd, make_raw, codec, a, host=False):
     buf = vfio.DmaBuffer(a.size)
     try:
         probe = space.map(buf)              # the IOVA the toolkit picks: the raw loop uses the same
@@ -194,7 +234,7 @@ def bench(label, space, fd, make_raw, a, host=False):
         ours(a.n // 10 or 1)                # warm both paths (first pinning, caches)
         raw(a.n // 10 or 1)
         if a.breakdown:
-            for name, fn in breakdown_loops(space, buf, iova, raw, raw_args):
+            for name, fn in breakdown_loops(space, buf, iova, raw, raw_args, codec(buf.vaddr, iova, buf.size)):
                 fn(a.n // 10 or 1)
                 report(f"{label} [{name}]", interleaved(fn, raw, a.n, a.rounds), a.n, host)
         return report(label, interleaved(ours, raw, a.n, a.rounds), a.n, host)
@@ -207,12 +247,13 @@ def guest(a):
     ioctl = fcntl.ioctl
     with vfio.open_pci_device(bdf, interface="container") as dev:
         c = dev.container
-        bench("container (type1)", c, c.fd, lambda fd, va, iova, size: raw_container(fd, va, iova, size, ioctl), a)
+        bench("container (type1)", c, c.fd, lambda fd, va, iova, size: raw_container(fd, va, iova, size, ioctl),
+              container_codec, a)
     if vfio.available_interfaces()["cdev"]:
         with vfio.open_pci_device(bdf, interface="cdev") as dev:
             ioas = dev.ioas
             bench("cdev (iommufd IOAS)", ioas, dev.iommufd.fd,
-                  lambda fd, va, iova, size: raw_ioas(fd, ioas.id, va, iova, size, ioctl), a)
+                  lambda fd, va, iova, size: raw_ioas(fd, ioas.id, va, iova, size, ioctl), ioas_codec(ioas), a)
     else:
         print("cdev (iommufd IOAS): not offered by this kernel")
 
@@ -252,14 +293,15 @@ def host(a):
     try:
         with _HostContainer() as c:
             bench("container (type1), host", c, c.fd,
-                  lambda fd, va, iova, size: raw_container(fd, va, iova, size, noop), a, host=True)
+                  lambda fd, va, iova, size: raw_container(fd, va, iova, size, noop), container_codec, a, host=True)
         fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         try:
             holder = vfio.iommufd.IommuFD.__new__(vfio.iommufd.IommuFD)
             holder.path, holder.fd, holder._objects = "/dev/null (host bench)", fd, []
             ioas = _HostIOAS(holder)
             bench("cdev (iommufd IOAS), host", ioas, fd,
-                  lambda fd, va, iova, size: raw_ioas(fd, ioas.id, va, iova, size, noop), a, host=True)
+                  lambda fd, va, iova, size: raw_ioas(fd, ioas.id, va, iova, size, noop), ioas_codec(ioas), a,
+                  host=True)
         finally:
             os.close(fd)
     finally:

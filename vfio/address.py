@@ -13,8 +13,8 @@ function), so every part of the toolkit that names a device goes through
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from ._value import OrderedValue
 from .errors import InvalidValue
 
 __all__ = ["PciAddress"]
@@ -25,8 +25,7 @@ _ADDRESS = re.compile(r"(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])"
 _LIMITS = (("domain", 0xFFFF), ("bus", 0xFF), ("device", 0x1F), ("function", 0x7))
 
 
-@dataclass(frozen=True, order=True)
-class PciAddress:
+class PciAddress(OrderedValue):
     """One PCI function's address; ``str()`` is the kernel's sysfs name.
 
     Ordered as the kernel lists devices: by domain, bus, device, function.
@@ -38,11 +37,11 @@ class PciAddress:
     device: int
     function: int
 
-    def __post_init__(self):
-        for name, top in _LIMITS:
-            v = getattr(self, name)
+    def __init__(self, domain: int, bus: int, device: int, function: int):
+        for (name, top), v in zip(_LIMITS, (domain, bus, device, function)):
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
                 raise InvalidValue(f"PCI {name} {v!r} is not an integer from 0 to {top:#x}")
+        self.__dict__.update(domain=domain, bus=bus, device=device, function=function)
 
     @classmethod
     def parse(cls, text: str) -> "PciAddress":

@@ -24,8 +24,9 @@ import ctypes
 import errno
 import os
 
+from typing import TYPE_CHECKING
+
 from . import uapi
-from .device import Device, KernelBackend
 from .errors import VfioError
 from .sysfs import PCI_DEVICES, HostError, SysfsTree
 from ._resource import OwnedFd, Shared
@@ -41,6 +42,9 @@ _OPEN_HINTS = {
     errno.EACCES: " (permission denied: needs ownership of the node, and CAP_SYS_RAWIO for no-IOMMU groups)",
 }
 _OPEN_HINTS[errno.EPERM] = _OPEN_HINTS[errno.EACCES]
+
+if TYPE_CHECKING:
+    from .device import Device
 
 
 from .address import normalize_bdf  # noqa: E402,F401  (its home; re-exported here as before)
@@ -164,6 +168,9 @@ class Group(OwnedFd, Shared):
         and its container, ``dma`` and ``interface`` what the caller says (the container's
         :meth:`~vfio.container.Container.open_device` says which), ``dt`` its device-tree
         origins (:func:`vfio.platform.open_platform_device` gives them)."""
+        # imported here, not at the top: vfio-inspect's listing asks groups only for their
+        # status, and the device model is a third of the fd layer's import time
+        from .device import Device, KernelBackend
         fd = self.get_device_fd(name)
         backend = KernelBackend(fd, name)
         try:

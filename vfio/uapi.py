@@ -32,12 +32,15 @@ import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 from ioctl_opt import IO
 
+from ._value import Value
 from .errors import InvalidValue, VfioError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 u8, u16, u32, u64, s32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 
@@ -763,14 +766,18 @@ def variable_info(call, fixed_type, what: str) -> bytes:
     raise VfioError(errno.EAGAIN, f"{what}: argsz kept growing")
 
 
-@dataclass(frozen=True)
-class RawCap:
+class RawCap(Value):
     """One entry of a VFIO info capability chain: id, version, offset in the
-    buffer and the bytes from its header up to the next capability (or buffer end)."""
+    buffer and the bytes from its header up to the next capability (or buffer end).
+    A frozen value (:mod:`vfio._value`: the fd layer is imported by vfio-inspect's
+    listing, which does without :mod:`dataclasses`)."""
     id: int
     version: int
     offset: int
     data: bytes
+
+    def __init__(self, id: int, version: int, offset: int, data: bytes):
+        self.__dict__.update(id=id, version=version, offset=offset, data=data)
 
 
 #: A chain longer than this is treated as corrupt (the kernel emits a handful).

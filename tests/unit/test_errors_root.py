@@ -59,6 +59,7 @@ def test_every_exception_class_of_the_package_derives_from_vfio_error():
     ("vfio.pci.ids.PciIdsError", ValueError),
     ("vfio.pci.config.ConfigSpaceError", ValueError),
     ("vfio.pci.vconfig.StateMismatchError", ValueError),
+    ("vfio._value.FrozenInstanceError", AttributeError),
 ])
 def test_each_error_keeps_the_builtin_base_callers_catch(name, builtin):
     mod, cls = name.rsplit(".", 1)

@@ -73,3 +73,29 @@ def test_fast_and_generic_paths_agree_on_every_mutation(generic):
 def test_record_limit_named_alike(generic, limit):
     b = sample()
     assert outcome(b, max_records=limit) == generic(b, max_records=limit)
+
+
+def _region_of(*kids) -> bytes:
+    """A file whose one region holds ``kids`` as given (written unvalidated, so a
+    region may break its rules)."""
+    return F.write(F.DeviceRecord([F.PciInfo(0, 0, 3, 0),
+                                   F.Region(0, F.REGION_READ, 0, 0x100, 0, list(kids))]), validate=False)
+
+
+@pytest.mark.parametrize("kids", [
+    [F.PciBarInfo(F.BAR_MMIO32, 0), F.PciBarInfo(F.BAR_MMIO32, 1)],                  # a second BAR info
+    [F.RegionInfo(F.REGION_READ, b""), F.RegionInfo(F.REGION_READ, b"")],            # a second REGION_INFO
+    [F.RegionInfo(F.REGION_READ | F.REGION_WRITE, bytes(8))],                         # flags disagree
+    [F.RegionInfo(F.REGION_READ, bytes(4)), F.PciBarInfo(F.BAR_MMIO64, 2)],
+    [F.RegionData(0x10, b"ab"), F.RegionData(0, b"cd")],                              # out of order: accepted
+    [F.RegionData(0, b"abcd"), F.RegionData(2, b"cd")],                               # overlapping
+    [F.RegionData(0xF0, bytes(0x20))],                                                # past the region
+    [F.RegionData(0, b""), F.RegionData(0, b"")],
+], ids=["two-bars", "two-infos", "info-flags", "info-bar", "data-order", "data-overlap", "data-past",
+        "empty-data"])
+def test_region_rules_named_alike(generic, kids):
+    """The region walk's own decoding of REGION_DATA, PCI_BAR_INFO and REGION_INFO
+    keeps every region rule, in the order and wording the generic path has."""
+    b = _region_of(*kids)
+    assert outcome(b) == generic(b)
+    assert outcome(b, lazy=True) == generic(b, lazy=True)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
-from dataclasses import dataclass
 
+from .._value import Value
 from ..address import PciAddress
 from ..errors import InvalidValue
 from .sysfs import Host, PciDevice
@@ -35,13 +35,15 @@ IFF_UP = 0x1
 MAX_STACK = 64        # bound on holder chains (dm on md on ...)
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(Value):
     """One reason a device is busy."""
     bdf: str
     kind: str      # "rootfs", "mounted", "swap", "network", "boot-vga"
     what: str      # the block device, interface, ...
     detail: str    # human sentence
+
+    def __init__(self, bdf: str, kind: str, what: str, detail: str):
+        self.__dict__.update(bdf=bdf, kind=kind, what=what, detail=detail)
 
     def __str__(self) -> str:
         return self.detail

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
 
+from .._value import Value
 from ..errors import InvalidValue, VfioError, wrap_oserror
 from ..address import PciAddress, normalize_bdf
 # the read side lives at the bottom of the package (the fd layer and capture use it too);
@@ -53,12 +53,14 @@ class DeviceNotFound(HostError):
     """No PCI device matches the BDF or vendor:device given."""
 
 
-@dataclass(frozen=True)
-class Action:
+class Action(Value):
     """One change to the system, as ``vfio-assign --dry-run`` prints it."""
     kind: str                 # "write", "chown" or "modprobe"
-    path: str = ""            # absolute path on the system the root stands for
-    value: str = ""           # written text; "uid:gid" for chown; module for modprobe
+    path: str                 # absolute path on the system the root stands for
+    value: str                # written text; "uid:gid" for chown; module for modprobe
+
+    def __init__(self, kind: str, path: str = "", value: str = ""):
+        self.__dict__.update(kind=kind, path=path, value=value)
 
     def __str__(self) -> str:
         if self.kind == "write":
@@ -164,8 +166,7 @@ BRIDGE_CLASS = 0x06          # base class "bridge"
 PCI_BRIDGE_SUBCLASS = 0x0604  # PCI-to-PCI bridge (root ports and switch ports too)
 
 
-@dataclass(frozen=True)
-class PciDevice:
+class PciDevice(Value):
     """A snapshot of one PCI function's sysfs directory.  IDs are kept as numbers."""
     bdf: str
     vendor: int
@@ -178,8 +179,16 @@ class PciDevice:
     driver_override: str | None
     iommu_group: str | None
     path: str                       # real directory, relative to the root
-    boot_vga: bool = False
-    numa_node: int | None = None
+    boot_vga: bool
+    numa_node: int | None
+
+    def __init__(self, bdf: str, vendor: int, device: int, subsystem_vendor: int, subsystem_device: int,
+                 class_code: int, revision: int, driver: str | None, driver_override: str | None,
+                 iommu_group: str | None, path: str, boot_vga: bool = False, numa_node: int | None = None):
+        self.__dict__.update(bdf=bdf, vendor=vendor, device=device, subsystem_vendor=subsystem_vendor,
+                             subsystem_device=subsystem_device, class_code=class_code, revision=revision,
+                             driver=driver, driver_override=driver_override, iommu_group=iommu_group,
+                             path=path, boot_vga=boot_vga, numa_node=numa_node)
 
     @property
     def ids(self) -> str:
@@ -209,15 +218,17 @@ class PciDevice:
             return None
 
 
-@dataclass(frozen=True)
-class IommuGroup:
+class IommuGroup(Value):
     """One IOMMU group: the devices the IOMMU cannot tell apart, isolated together."""
     number: str
-    devices: tuple = field(default_factory=tuple)   # of PciDevice
-    type: str | None = None                          # "DMA", "DMA-FQ", "identity", ...
+    devices: tuple                  # of PciDevice
+    type: str | None                # "DMA", "DMA-FQ", "identity", ...
     #: members that are not PCI functions, by sysfs name: mediated devices (their UUID,
     #: each alone in a group VFIO made for it), platform devices
-    others: tuple = ()
+    others: tuple
+
+    def __init__(self, number: str, devices: tuple = (), type: str | None = None, others: tuple = ()):
+        self.__dict__.update(number=number, devices=devices, type=type, others=others)
 
     @property
     def bdfs(self) -> list[str]:

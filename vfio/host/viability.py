@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
 
+from .._value import Value
 from ..errors import InvalidValue
 from .sysfs import IOMMU_GROUPS, Host, IommuGroup, PciDevice
 
@@ -52,24 +52,30 @@ DMA_OWNING_BUSES = frozenset({"platform", "amba", "fsl-mc", "cdx"})
 _KNOWN_BUSES = ("platform", "amba", "mdev", "fsl-mc", "cdx")
 
 
-@dataclass(frozen=True)
-class MemberStatus:
+class MemberStatus(Value):
     """One device of a group and whether it stands in the way of viability."""
     bdf: str
     driver: str | None
     ok: bool
     reason: str
 
+    def __init__(self, bdf: str, driver: str | None, ok: bool, reason: str):
+        self.__dict__.update(bdf=bdf, driver=driver, ok=ok, reason=reason)
 
-@dataclass(frozen=True)
-class Viability:
+
+class Viability(Value):
     """The verdict on one group."""
     group: str
     viable: bool
-    members: tuple = field(default_factory=tuple)   # of MemberStatus
-    source: str = "sysfs"       # "sysfs" (predicted from drivers) or "kernel" (VFIO_GROUP_GET_STATUS)
-    kernel_flags: int | None = None
-    note: str = ""              # why the kernel could not be asked, when it could not
+    members: tuple              # of MemberStatus
+    source: str                 # "sysfs" (predicted from drivers) or "kernel" (VFIO_GROUP_GET_STATUS)
+    kernel_flags: int | None
+    note: str                   # why the kernel could not be asked, when it could not
+
+    def __init__(self, group: str, viable: bool, members: tuple = (), source: str = "sysfs",
+                 kernel_flags: int | None = None, note: str = ""):
+        self.__dict__.update(group=group, viable=viable, members=members, source=source,
+                             kernel_flags=kernel_flags, note=note)
 
     @property
     def blockers(self) -> list[MemberStatus]:

@@ -976,10 +976,19 @@ def _dec_region(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> 
     # generic walk (rd.sequence) and _region_fault go over the region again,
     # refusing what is wrong in their order and wording (or accepting what is
     # only unusual: an unknown sub-record, data out of order).
-    if p < end and (rd.unlimited or rd.count + (end - p) // RECORD_HEADER_LEN <= rd.max_records):
+    #
+    # The three sub-records every captured region has (REGION_DATA, PCI_BAR_INFO,
+    # REGION_INFO) are decoded right here, as their rows' decoders (_dec_data,
+    # _dec_bar, _dec_reginfo) would, with the same layouts: a call per record is
+    # a tenth of a decode (bench/bench_record_decode.py).  Whatever these lines do
+    # not settle -- a reserved field set, lazy data -- goes through the row's
+    # decoder, and test_perfsafe_record_walk holds this walk to the generic one
+    # (emptying _REGION_KIDS turns the whole walk off).
+    if p < end and _REGION_KIDS and (rd.unlimited or rd.count + (end - p) // RECORD_HEADER_LEN <= rd.max_records):
         append = kids.append
         get = _REGION_KIDS.get
         kid_depth = depth + 1
+        copy_data = not rd.lazy
         seen = 0                            # the once-per-parent types seen (their bits)
         last = 0                            # end of the data so far
         while True:
@@ -988,19 +997,50 @@ def _dec_region(rd: _Reader, pos: int, rec_len: int, flags: int, depth: int) -> 
             except struct.error:
                 break
             rend = p + rlen
-            size_min, size_max, decode, once_bit = get(rtype, _NO_KID)
-            if not size_min <= rlen <= size_max or rend > end:
+            if rend > end:
                 break
-            kid = decode(rd, p, rlen, rflags, kid_depth)
-            append(kid)
-            if once_bit:
-                if seen & once_bit or rtype == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
+            if rtype == REGION_DATA and rlen >= _DATA_SIZE and copy_data:
+                reserved, offset_ = _U_DATA(buf, p + RECORD_HEADER_LEN)
+                if reserved or offset_ < last:
                     break
-                seen |= once_bit
-            elif rtype == REGION_DATA:
-                if kid.offset < last:
+                kid = _new(RegionData)
+                kid.offset = offset_
+                kid.data = buf[p + _DATA_SIZE:rend]         # bytes (see _Reader)
+                kid.flags = rflags
+                append(kid)
+                last = offset_ + rlen - _DATA_SIZE
+            elif rtype == PCI_BAR_INFO and rlen == _BAR_SIZE:
+                if seen & _BAR_BIT:
                     break
-                last = kid.offset + rlen - _DATA_SIZE
+                seen |= _BAR_BIT
+                kid = _new(PciBarInfo)
+                kid.bar_type, kid.bar_index = _U_BAR(buf, p + RECORD_HEADER_LEN)
+                kid.flags = rflags
+                append(kid)
+            elif rtype == REGION_INFO and rlen >= _REGINFO_SIZE:
+                vfio_flags, = _U_REGINFO(buf, p + RECORD_HEADER_LEN)
+                if seen & _REGINFO_BIT or (vfio_flags ^ flags) & _REGION_VFIO_BITS:
+                    break
+                seen |= _REGINFO_BIT
+                kid = _new(RegionInfo)
+                kid.vfio_flags = vfio_flags
+                kid.caps = buf[p + _REGINFO_SIZE:rend]      # bytes (see _Reader)
+                kid.flags = rflags
+                append(kid)
+            else:
+                size_min, size_max, decode, once_bit = get(rtype, _NO_KID)
+                if not size_min <= rlen <= size_max:
+                    break
+                kid = decode(rd, p, rlen, rflags, kid_depth)
+                append(kid)
+                if once_bit:
+                    if seen & once_bit or rtype == REGION_INFO and (kid.vfio_flags ^ flags) & _REGION_VFIO_BITS:
+                        break
+                    seen |= once_bit
+                elif rtype == REGION_DATA:
+                    if kid.offset < last:
+                        break
+                    last = kid.offset + rlen - _DATA_SIZE
             if rend == end:
                 if last <= size:
                     if not rd.unlimited:
@@ -1382,6 +1422,8 @@ _S_HDR_UNPACK = _S_HDR.unpack_from
 _REGION_KIDS = {rtype: (size, max_len, decode, 1 << i if rtype in _ONCE_PER_PARENT else 0)
                 for i, (rtype, (size, max_len, decode, _)) in enumerate(_ALLOWED[REGION].items())}
 _NO_KID = (1, 0, None, 0)                   # no rec_len fits: the walk stops
+_BAR_SIZE = _S_BAR.size
+_BAR_BIT, _REGINFO_BIT = _REGION_KIDS[PCI_BAR_INFO][3], _REGION_KIDS[REGION_INFO][3]
 TYPE_NAMES = {row.rtype: row.name for row in RECORD_TYPES}
 
 
