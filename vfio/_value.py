@@ -5,8 +5,9 @@ vfio-inspect's listing is timed against ``lspci`` as a whole process, and
 imports :mod:`inspect`, and with it ast, dis, tokenize and more; every
 ``@dataclass`` then compiles its methods at import.  The value classes the
 listing builds (``PciAddress``, ``PciDevice``, ``IommuGroup``, ``Action``,
-``Usage``, ``MemberStatus``, ``Viability``) derive from :class:`Value`
-instead, which gives them what ``@dataclass(frozen=True)`` did: the same
+``Usage``, ``MemberStatus``, ``Viability``, and ``vfio.uapi.RawCap``, since on a
+host with VFIO groups the listing asks the kernel through ``vfio.group`` and
+``vfio.uapi``) derive from :class:`Value` instead, which gives them what ``@dataclass(frozen=True)`` did: the same
 ``repr()`` text, ``==`` and ``hash()`` over the fields (same class only),
 no assignment or deletion of attributes, ``__match_args__``, and copy and
 pickle through the instance ``__dict__`` as before; :class:`OrderedValue`
