@@ -700,25 +700,32 @@ class Assigner:
             raise HostError(f"{bdf} did not bind to {drv} after drivers_probe (driver now: {now or 'none'})")
 
     # ---- release ---------------------------------------------------------------------
-    def _release_ops(self, bdf: str, rec: dict, d: PciDevice) -> list[Op]:
-        """Steps from where ``d`` is now back to the recorded driver and override."""
+    def _release_ops(self, name: str, rec: dict, d) -> list[Op]:
+        """Steps from where ``d`` is now back to the recorded driver and override: unbind
+        from the current driver, restore the override, then :meth:`_rebind_op`.  The
+        platform assigner shares these steps; its devices' drivers live elsewhere
+        (:meth:`_drivers_dir`) and go back through a probe."""
         ops = []
         orig, orig_override = rec.get("driver"), rec.get("driver_override")
         if d.driver is not None and d.driver != orig:
             cur = d.driver
-            ops.append(Op(f"unbind {bdf} from {cur}", [self._w(f"{PCI_DRIVERS}/{cur}/unbind", bdf)],
-                          None, lambda b=bdf, c=cur: self._ensure_bound(b, c)))
+            ops.append(Op(f"unbind {name} from {cur}", [self._w(f"{self._drivers_dir(d)}/{cur}/unbind", name)],
+                          None, lambda b=name, c=cur: self._ensure_bound(b, c)))
         if d.driver_override != orig_override:
             ops.append(self._override_op(d, orig_override, d.driver_override))
         if orig is not None and d.driver != orig:
-            if self.host.has_driver(orig):
-                ops.append(self._bind_op(bdf, orig))
-            else:
-                # its module is not loaded: let the kernel pick, then check it was the original
-                ops.append(Op(f"probe {bdf} (for {orig})", [self._w("sys/bus/pci/drivers_probe", bdf)],
-                              lambda b=bdf, o=orig: self._check_on(b, o),
-                              lambda b=bdf: self._ensure_unbound(b)))
+            ops.append(self._rebind_op(name, orig, d))
         return ops
+
+    def _drivers_dir(self, d: PciDevice) -> str:
+        return PCI_DRIVERS
+
+    def _rebind_op(self, bdf: str, orig: str, d: PciDevice) -> Op:
+        if self.host.has_driver(orig):
+            return self._bind_op(bdf, orig)
+        # its module is not loaded: let the kernel pick, then check it was the original
+        return Op(f"probe {bdf} (for {orig})", [self._w("sys/bus/pci/drivers_probe", bdf)],
+                  lambda b=bdf, o=orig: self._check_on(b, o), lambda b=bdf: self._ensure_unbound(b))
 
     def _group_of_record(self, bdf: str, rec: dict) -> str | None:
         try:
@@ -1191,19 +1198,12 @@ class PlatformAssigner(Assigner):
                 return [Action("chown", f"dev/vfio/{node}", owner)]
         return []
 
-    def _release_ops(self, name: str, rec: dict, n) -> list[Op]:
-        ops = []
-        orig, orig_override = rec.get("driver"), rec.get("driver_override")
-        if n.driver is not None and n.driver != orig:
-            cur = n.driver
-            ops.append(Op(f"unbind {name} from {cur}", [self._w(f"{n.bus.drivers}/{cur}/unbind", name)],
-                          None, lambda b=name, c=cur: self._ensure_bound(b, c)))
-        if n.driver_override != orig_override:
-            ops.append(self._override_op(n, orig_override, n.driver_override))
-        if orig is not None and n.driver != orig:
-            ops.append(Op(f"probe {name} (for {orig})", [self._w(f"sys/bus/{n.bus.value}/drivers_probe", name)],
-                          lambda b=name, o=orig: self._check_on(b, o), lambda b=name: self._ensure_unbound(b)))
-        return ops
+    def _drivers_dir(self, n) -> str:
+        return n.bus.drivers
+
+    def _rebind_op(self, name: str, orig: str, n) -> Op:
+        return Op(f"probe {name} (for {orig})", [self._w(f"sys/bus/{n.bus.value}/drivers_probe", name)],
+                  lambda b=name, o=orig: self._check_on(b, o), lambda b=name: self._ensure_unbound(b))
 
     def plan_release(self, specs, state: dict, force: bool = False, whole_group: bool = False,
                      split_group: bool = False) -> Plan:
